@@ -1,0 +1,195 @@
+"""The row schema: every column name, type, status and reason code in one place.
+
+Stages, writers, jobs and tests import names from here; nothing else spells a column
+name as a string literal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# --- identity and input -------------------------------------------------------------
+KEY = "key"  # stable per input row: f"{file_index:05d}{row_index:09d}", img2dataset style
+URL = "url"
+CAPTION = "caption"
+
+# --- outcome --------------------------------------------------------------------------
+STATUS = "status"
+REASON = "reason"
+ERROR_MESSAGE = "error_message"
+
+# --- download ---------------------------------------------------------------------------
+HTTP_STATUS = "http_status"
+FINAL_URL = "final_url"
+BYTES = "bytes"
+DOWNLOAD_SECONDS = "download_seconds"
+
+# --- image ------------------------------------------------------------------------------
+WIDTH = "width"  # of the stored image (after --resize, if any)
+HEIGHT = "height"
+ORIGINAL_WIDTH = "original_width"  # as displayed: EXIF orientation applied
+ORIGINAL_HEIGHT = "original_height"
+SHA256 = "sha256"  # of the downloaded bytes
+IMAGE_FORMAT = "image_format"
+
+# Internal columns that travel between stages but are never written to Parquet.
+IMAGE_BYTES = "_image"
+
+# --- labels (jobs.label) ----------------------------------------------------------------
+TASK = "task"
+PROMPT = "prompt"
+TEXT = "text"  # raw model output
+# In label output `caption` is the model's clean caption; an input caption column is
+# carried like any other input column (as `input_caption` if it was named `caption`).
+LABEL_CAPTION = "caption"
+BOXES = "boxes"
+MODEL = "model"
+GENERATION = "generation"  # JSON of the generation settings
+PREPROCESS_SECONDS = "preprocess_seconds"
+MODEL_SECONDS = "model_seconds"
+PIXEL_VALUES = "_pixel_values"  # internal: model-ready image tensor, float32 CHW
+PHRASES = "_phrases"  # internal: the ground task's phrases for this row
+
+
+class Status:
+    SUCCESS = "success"
+    INVALID_INPUT = "invalid_input"
+    FAILED_TO_DOWNLOAD = "failed_to_download"
+    FAILED_TO_DECODE = "failed_to_decode"
+    FILTERED = "filtered"
+    FAILED_TO_LABEL = "failed_to_label"
+
+
+class Reason:
+    """Stable machine-readable reason codes. The README documents each one."""
+
+    # input
+    MISSING_URL = "missing_url"
+    INVALID_URL = "invalid_url"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    LOCAL_FILE_REFUSED = "local_file_refused"
+    # download
+    HTTP_ERROR = "http_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    BLOCKED_ADDRESS = "blocked_address"
+    ROBOTS_OPT_OUT = "robots_opt_out"
+    TOO_LARGE = "too_large"
+    EMPTY_BODY = "empty_body"
+    FILE_NOT_FOUND = "file_not_found"
+    # decode
+    NOT_AN_IMAGE = "not_an_image"
+    DECODE_ERROR = "decode_error"
+    # filters
+    TOO_SMALL = "too_small"
+    ASPECT_RATIO = "aspect_ratio"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    CAPTION_EMPTY = "caption_empty"
+    CAPTION_TOO_SHORT = "caption_too_short"
+    CAPTION_TOO_LONG = "caption_too_long"
+    DUPLICATE = "duplicate"
+    # labeling
+    MODEL_ERROR = "model_error"
+    OUT_OF_MEMORY = "out_of_memory"
+
+
+# The status each reason belongs to; a rejected row's status is derived, never guessed.
+REASON_STATUS = {
+    Reason.MISSING_URL: Status.INVALID_INPUT,
+    Reason.INVALID_URL: Status.INVALID_INPUT,
+    Reason.UNSUPPORTED_SCHEME: Status.INVALID_INPUT,
+    Reason.LOCAL_FILE_REFUSED: Status.INVALID_INPUT,
+    Reason.HTTP_ERROR: Status.FAILED_TO_DOWNLOAD,
+    Reason.TIMEOUT: Status.FAILED_TO_DOWNLOAD,
+    Reason.CONNECTION_ERROR: Status.FAILED_TO_DOWNLOAD,
+    Reason.TOO_MANY_REDIRECTS: Status.FAILED_TO_DOWNLOAD,
+    Reason.BLOCKED_ADDRESS: Status.FAILED_TO_DOWNLOAD,
+    Reason.ROBOTS_OPT_OUT: Status.FAILED_TO_DOWNLOAD,
+    Reason.TOO_LARGE: Status.FAILED_TO_DOWNLOAD,
+    Reason.EMPTY_BODY: Status.FAILED_TO_DOWNLOAD,
+    Reason.FILE_NOT_FOUND: Status.FAILED_TO_DOWNLOAD,
+    Reason.NOT_AN_IMAGE: Status.FAILED_TO_DECODE,
+    Reason.DECODE_ERROR: Status.FAILED_TO_DECODE,
+    Reason.TOO_SMALL: Status.FILTERED,
+    Reason.ASPECT_RATIO: Status.FILTERED,
+    Reason.TOO_MANY_PIXELS: Status.FILTERED,
+    Reason.CAPTION_EMPTY: Status.FILTERED,
+    Reason.CAPTION_TOO_SHORT: Status.FILTERED,
+    Reason.CAPTION_TOO_LONG: Status.FILTERED,
+    Reason.DUPLICATE: Status.FILTERED,
+    Reason.MODEL_ERROR: Status.FAILED_TO_LABEL,
+    Reason.OUT_OF_MEMORY: Status.FAILED_TO_LABEL,
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a row is not kept: a stable code and a message for people."""
+
+    reason: str
+    message: str
+
+    @property
+    def status(self) -> str:
+        return REASON_STATUS[self.reason]
+
+
+# Columns the corpus builder adds to every row, with their Arrow types. The input's own
+# columns follow these, unchanged (renamed with INPUT_PREFIX only if a name collides).
+CORPUS_FIELDS = [
+    pa.field(KEY, pa.string()),
+    pa.field(URL, pa.string()),
+    pa.field(CAPTION, pa.string()),
+    pa.field(STATUS, pa.string()),
+    pa.field(REASON, pa.string()),
+    pa.field(ERROR_MESSAGE, pa.string()),
+    pa.field(HTTP_STATUS, pa.int32()),
+    pa.field(FINAL_URL, pa.string()),
+    pa.field(BYTES, pa.int64()),
+    pa.field(DOWNLOAD_SECONDS, pa.float64()),
+    pa.field(WIDTH, pa.int32()),
+    pa.field(HEIGHT, pa.int32()),
+    pa.field(ORIGINAL_WIDTH, pa.int32()),
+    pa.field(ORIGINAL_HEIGHT, pa.int32()),
+    pa.field(SHA256, pa.string()),
+    pa.field(IMAGE_FORMAT, pa.string()),
+]
+CORPUS_COLUMNS = [f.name for f in CORPUS_FIELDS]
+INPUT_PREFIX = "input_"
+
+BOX_TYPE = pa.struct(
+    [
+        pa.field("phrase", pa.string()),
+        pa.field("x0", pa.float32()),
+        pa.field("y0", pa.float32()),
+        pa.field("x1", pa.float32()),
+        pa.field("y1", pa.float32()),
+        pa.field("x0_rel", pa.int32()),  # the model's 0..999 values
+        pa.field("y0_rel", pa.int32()),
+        pa.field("x1_rel", pa.int32()),
+        pa.field("y1_rel", pa.int32()),
+    ]
+)
+
+# Columns jobs.label adds after the corpus columns.
+LABEL_FIELDS = [
+    pa.field(TASK, pa.string()),
+    pa.field(PROMPT, pa.string()),
+    pa.field(TEXT, pa.string()),
+    pa.field(LABEL_CAPTION, pa.string()),
+    pa.field(BOXES, pa.list_(BOX_TYPE)),
+    pa.field(MODEL, pa.string()),
+    pa.field(GENERATION, pa.string()),
+    pa.field(PREPROCESS_SECONDS, pa.float64()),
+    pa.field(MODEL_SECONDS, pa.float64()),
+]
+LABEL_COLUMNS = [f.name for f in LABEL_FIELDS]
+
+INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES]
+
+
+def reserved_columns() -> set[str]:
+    return set(CORPUS_COLUMNS) | set(LABEL_COLUMNS) | set(INTERNAL_COLUMNS)
