@@ -49,6 +49,7 @@ MODEL = "model"
 GENERATION = "generation"  # JSON of the generation settings
 PREPROCESS_SECONDS = "preprocess_seconds"
 MODEL_SECONDS = "model_seconds"
+THUMBNAIL = "thumbnail"  # JPEG bytes in the previews Parquet that jobs.report renders
 PIXEL_VALUES = "_pixel_values"  # internal: model-ready image tensor, float32 CHW
 PHRASES = "_phrases"  # internal: the ground task's phrases for this row
 
@@ -70,6 +71,8 @@ class Reason:
     INVALID_URL = "invalid_url"
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     LOCAL_FILE_REFUSED = "local_file_refused"
+    MISSING_IMAGE = "missing_image"  # a corpus row without image bytes
+    MISSING_PROMPT = "missing_prompt"  # vqa/ground: the row has no question or phrases
     # download
     HTTP_ERROR = "http_error"
     TIMEOUT = "timeout"
@@ -102,6 +105,8 @@ REASON_STATUS = {
     Reason.INVALID_URL: Status.INVALID_INPUT,
     Reason.UNSUPPORTED_SCHEME: Status.INVALID_INPUT,
     Reason.LOCAL_FILE_REFUSED: Status.INVALID_INPUT,
+    Reason.MISSING_IMAGE: Status.INVALID_INPUT,
+    Reason.MISSING_PROMPT: Status.INVALID_INPUT,
     Reason.HTTP_ERROR: Status.FAILED_TO_DOWNLOAD,
     Reason.TIMEOUT: Status.FAILED_TO_DOWNLOAD,
     Reason.CONNECTION_ERROR: Status.FAILED_TO_DOWNLOAD,
@@ -187,6 +192,14 @@ LABEL_FIELDS = [
     pa.field(MODEL_SECONDS, pa.float64()),
 ]
 LABEL_COLUMNS = [f.name for f in LABEL_FIELDS]
+
+# A few thumbnails per label shard, so a report never has to fetch images again.
+PREVIEW_FIELDS = [
+    pa.field(KEY, pa.string()),
+    pa.field(THUMBNAIL, pa.binary()),
+    pa.field(WIDTH, pa.int32()),  # of the original image; boxes are in its pixels
+    pa.field(HEIGHT, pa.int32()),
+]
 
 INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES]
 

@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then label the bundled example images with a tiny random model
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU wheel first: an unpinned torch would pull the newest CUDA build (gigabytes).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo corpus-demo test bench-download bench-model bench-pipeline clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m model.tiny out/tiny-cogvlm
+	$(PY) -m jobs.label --input examples/images --output out/demo-labels --model out/tiny-cogvlm --task grounded_caption
+	$(PY) -m jobs.report --labels out/demo-labels --out out/demo-report
+
+corpus-demo: setup
+	$(PY) -m jobs.build_corpus --input examples/urls.csv --output out/demo-corpus --allow-local-files
+
+test: setup
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q
+
+bench-download: setup
+	$(PY) benchmarks/download.py
+
+bench-model: setup
+	$(PY) benchmarks/model.py
+
+bench-pipeline: setup
+	$(PY) benchmarks/pipeline.py
+
+clean:
+	rm -rf out

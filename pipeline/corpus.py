@@ -1,0 +1,118 @@
+"""The corpus builder's dataset: read URL lists, fetch and filter, write shards, resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+
+import pyarrow.parquet as pq
+import ray
+from ray.data.checkpoint import CheckpointConfig
+
+from pipeline import schema
+from pipeline.options import CorpusOptions
+from pipeline.reader import ColumnMap, UrlListDatasource, check_inputs, resolve_input_files
+from pipeline.stages import DEDUP_ACTOR, DedupIndex, FetchAndFilter
+from pipeline.writer import CHECKPOINT_DIR, CORPUS_DIR, SHARDS_DIR, STATS_FILE, CorpusSink, read_shard_stats
+
+FETCH_BATCH_ROWS = 32
+FETCH_ACTOR_CPUS = 0.5
+LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O; leave CPUs to fetching and models
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join a cluster (--address, or RAY_ADDRESS as set by `ray job submit`), else start one here."""
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def enable_resume(output_dir: str, key_column: str = schema.KEY) -> None:
+    """Ray Data records each written key under OUTPUT/_checkpoint and skips them next run."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column=key_column,
+        checkpoint_path=os.path.join(os.path.abspath(output_dir), CHECKPOINT_DIR),
+        delete_checkpoint_on_success=False,  # a re-run of a finished output must write nothing
+    )
+
+
+def fetch_workers(options: CorpusOptions) -> int:
+    return options.download_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def start_dedup_index(output_dir: str) -> None:
+    """Seed from the shards already written, so a resumed run keeps deduplicating against them."""
+    seen = {}
+    for path in glob.glob(os.path.join(output_dir, SHARDS_DIR, CORPUS_DIR, "*.parquet")):
+        table = pq.read_table(path, columns=[schema.SHA256, schema.KEY])
+        seen.update(zip(table.column(schema.SHA256).to_pylist(), table.column(schema.KEY).to_pylist()))
+    try:
+        ray.kill(ray.get_actor(DEDUP_ACTOR))
+    except ValueError:
+        pass
+    DedupIndex.options(name=DEDUP_ACTOR).remote(seen)
+
+
+def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions) -> ray.data.Dataset:
+    return ds.map_batches(
+        FetchAndFilter,
+        fn_constructor_args=(options,),
+        batch_size=FETCH_BATCH_ROWS,
+        batch_format="pyarrow",
+        concurrency=fetch_workers(options),
+        num_cpus=FETCH_ACTOR_CPUS,
+    )
+
+
+def url_list_files(input_spec: str, options: CorpusOptions) -> list[str]:
+    """The input files, checked: raises InputError (before Ray starts) on a job-level mistake."""
+    files = resolve_input_files(input_spec)
+    check_inputs(files, ColumnMap(options.url_col, options.caption_col))
+    return files
+
+
+def read_url_lists(files: list[str], options: CorpusOptions) -> ray.data.Dataset:
+    source = UrlListDatasource(files, ColumnMap(options.url_col, options.caption_col))
+    return ray.data.read_datasource(source, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+
+
+def build_corpus(files: list[str], output_dir: str, options: CorpusOptions) -> dict:
+    """Run the whole job into output_dir; returns the totals also written to stats.json."""
+    os.makedirs(output_dir, exist_ok=True)
+    ds = read_url_lists(files, options)
+    enable_resume(output_dir)
+    if options.dedup:
+        start_dedup_index(output_dir)
+    started = time.monotonic()
+    before = read_shard_stats(output_dir)["input_rows"]
+    sink = CorpusSink(output_dir, options.shard_size)
+    fetch_and_filter(ds, options).write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+    wall = time.monotonic() - started
+    totals = read_shard_stats(output_dir)
+    totals["this_run"] = {
+        "input_rows": totals["input_rows"] - before,
+        "wall_seconds": round(wall, 3),
+        "rows_per_second": round((totals["input_rows"] - before) / wall, 2) if wall > 0 else None,
+    }
+    with open(os.path.join(output_dir, STATS_FILE), "w") as f:
+        json.dump(totals, f, indent=1)
+    return totals
+
+
+def summary(totals: dict, kept_word: str = "kept") -> str:
+    run = totals["this_run"]
+    lines = [
+        f"input rows    {totals['input_rows']:>10}   ({run['input_rows']} this run, "
+        f"{run['wall_seconds']:.1f} s, {run['rows_per_second']} rows/s)",
+        f"{kept_word:<14}{totals['kept']:>10}",
+        f"rejected      {totals['rejected']:>10}",
+    ]
+    lines += [f"  {reason:<22}{count:>8}" for reason, count in totals["rejected_by_reason"].items()]
+    lines.append(f"image bytes   {totals['bytes']:>10}")
+    return "\n".join(lines)

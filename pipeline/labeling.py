@@ -1,0 +1,263 @@
+"""Ray Data stages of jobs.label: make model-ready arrays on CPUs, run the model in actors.
+
+CPU tasks decode and resize each kept image and build its prompts, so the model actors (one
+per GPU, or CPU actors for small models) only run the model. A failure in a batch is split
+in halves down to single rows, so one bad row never fails its neighbours or the job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from filters.image import decode_image, probe_image
+from model.boxes import parse_boxes_for_phrase, parse_grounding
+from pipeline import schema
+from pipeline.schema import Rejection
+
+TASKS = ("caption", "grounded_caption", "ground", "vqa")
+CAPTION_PRESETS = {
+    "short": "Describe this image in one sentence.",
+    "detailed": "Describe this image in detail.",
+}
+# Prompts the grounding model was trained with (spec: "Grounding output format").
+GROUNDED_CAPTION_PROMPT = (
+    "Can you provide a description of the image and include the coordinates [[x0,y0,x1,y1]] for each mentioned object?"
+)
+GROUND_PROMPT = "Where is {expression}? answer in [[x0,y0,x1,y1]] format."
+THUMBNAIL_SIDE = 256
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What to ask of every row; built once from the job's flags."""
+
+    task: str
+    prompt: str | None = None  # caption: preset name or text; vqa: question for every row
+    prompt_col: str | None = None  # vqa: per-row question column
+    phrases: tuple[str, ...] = ()  # ground: phrases for every row
+    phrases_col: str | None = None  # ground: per-row list column
+    template: str | None = None  # base/chat/vqa; default: the checkpoint's template_version
+
+    def queries(self, row: dict) -> list[str]:
+        """The questions for one row, before templating (several for `ground`)."""
+        if self.task == "caption":
+            return [CAPTION_PRESETS.get(self.prompt or "short", self.prompt)]
+        if self.task == "grounded_caption":
+            return [self.prompt or GROUNDED_CAPTION_PROMPT]
+        if self.task == "vqa":
+            return [row[self.prompt_col] if self.prompt_col else self.prompt]
+        return [GROUND_PROMPT.format(expression=p) for p in self.row_phrases(row)]
+
+    def row_phrases(self, row: dict) -> list[str]:
+        phrases = row.get(self.phrases_col) if self.phrases_col else self.phrases
+        return [str(p).strip() for p in (phrases or []) if p is not None and str(p).strip()]
+
+
+def thumbnail(image) -> bytes:
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    buf = io.BytesIO()
+    small.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+class PrepareForModel:
+    """CPU stage: decoded, resized pixels (uint8, C x S x S) and templated prompts per kept row."""
+
+    def __init__(self, model_dir: str, spec: TaskSpec, previews_per_batch: int):
+        from model.processor import ImageProcessor, apply_template, read_template_version
+
+        self.processor = ImageProcessor.from_model_dir(model_dir)
+        self.template = spec.template or read_template_version(model_dir)
+        self.apply_template = apply_template
+        self.spec = spec
+        self.previews_per_batch = previews_per_batch
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        rows = table.to_pylist()
+        pixels, prompts, phrases, thumbs = [], [], [], []
+        for row in rows:
+            pixel, prompt, row_phrases, thumb, rejection = self._prepare(row, len([t for t in thumbs if t]))
+            if rejection is not None:
+                row[schema.STATUS], row[schema.REASON], row[schema.ERROR_MESSAGE] = (
+                    rejection.status, rejection.reason, rejection.message,
+                )
+            pixels.append(pixel)
+            prompts.append(prompt)
+            phrases.append(row_phrases)
+            thumbs.append(thumb)
+        seconds = (time.perf_counter() - started) / max(1, len(rows))
+        for name in (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE):
+            table = table.set_column(table.column_names.index(name), name, pa.array([r[name] for r in rows], pa.string()))
+        # The output's `caption` is the model's; the input's caption is kept beside it.
+        table = table.drop_columns([schema.IMAGE_BYTES]).rename_columns(
+            [schema.INPUT_PREFIX + n if n == schema.CAPTION else n for n in table.column_names if n != schema.IMAGE_BYTES]
+        )
+        return (
+            table.append_column(schema.PIXEL_VALUES, pa.array(pixels, pa.binary()))
+            .append_column(schema.PROMPT, pa.array(prompts, pa.string()))
+            .append_column(schema.PHRASES, pa.array(phrases, pa.list_(pa.string())))
+            .append_column(schema.THUMBNAIL, pa.array(thumbs, pa.binary()))
+            .append_column(schema.PREPROCESS_SECONDS, pa.array([seconds] * len(rows), pa.float64()))
+        )
+
+    def _prepare(self, row: dict, previews_so_far: int):
+        if row[schema.STATUS] != schema.Status.SUCCESS:
+            return None, None, None, None, None
+        data = row[schema.IMAGE_BYTES]
+        info = probe_image(data)
+        image = info if isinstance(info, Rejection) else decode_image(data, info)
+        if isinstance(image, Rejection):
+            return None, None, None, None, image
+        queries = self.spec.queries(row)
+        if not queries or any(q is None or not str(q).strip() for q in queries):
+            what = "--phrases/--phrases-col" if self.spec.task == "ground" else "--prompt/--prompt-col"
+            return None, None, None, None, Rejection(schema.Reason.MISSING_PROMPT, f"no question for this row ({what})")
+        pixel = np.ascontiguousarray(self.processor.resize(image), dtype=np.uint8).tobytes()
+        prompt = "\n".join(self.apply_template(q, self.template) for q in queries)
+        thumb = thumbnail(image) if previews_so_far < self.previews_per_batch else None
+        return pixel, prompt, self.spec.row_phrases(row) if self.spec.task == "ground" else None, thumb, None
+
+
+@dataclass
+class RowLabel:
+    text: str | None = None
+    caption: str | None = None
+    boxes: list | None = None
+    rejection: Rejection | None = None
+
+
+def run_split_on_failure(items: list, run, is_oom) -> list:
+    """run(items) -> one result per item. On a failure, retry each half, down to single items;
+    a single item that still fails gets the exception as its result."""
+    try:
+        return run(items)
+    except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
+        if len(items) == 1:
+            return [e]
+        if is_oom(e):
+            _free_accelerator_memory()
+        mid = len(items) // 2
+        return run_split_on_failure(items[:mid], run, is_oom) + run_split_on_failure(items[mid:], run, is_oom)
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _is_oom(e: Exception) -> bool:
+    import torch
+
+    return isinstance(e, torch.cuda.OutOfMemoryError)
+
+
+def box_dicts(parsed) -> list[dict]:
+    return [
+        {
+            "phrase": b.phrase,
+            "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1,
+            "x0_rel": b.x0_rel, "y0_rel": b.y0_rel, "x1_rel": b.x1_rel, "y1_rel": b.y1_rel,
+        }
+        for b in parsed.boxes
+    ]
+
+
+class LabelModel:
+    """Actor: the model loaded once; labels the kept rows of each batch."""
+
+    def __init__(self, model_dir: str, tokenizer_dir: str | None, spec: TaskSpec, settings, device: str | None = None):
+        from model.api import VisualExpertModel
+
+        self.model = VisualExpertModel.load(model_dir, tokenizer_dir, device=device)
+        self.spec = spec
+        self.settings = settings
+        self.model_name = self.model.describe()
+        self.generation_json = json.dumps(asdict(settings), sort_keys=True)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        rows = table.to_pylist()
+        todo = [i for i, r in enumerate(rows) if r[schema.STATUS] == schema.Status.SUCCESS]
+        started = time.perf_counter()
+        outcomes = run_split_on_failure([rows[i] for i in todo], self._label, _is_oom)
+        seconds = (time.perf_counter() - started) / max(1, len(todo))
+        labels = {i: self._as_label(o) for i, o in zip(todo, outcomes)}
+        return self._with_label_columns(table, rows, labels, seconds)
+
+    def _label(self, rows: list[dict]) -> list[RowLabel]:
+        size = self.model.processor.image_size
+        pixels = np.stack([np.frombuffer(r[schema.PIXEL_VALUES], np.uint8).reshape(3, size, size) for r in rows])
+        prompts, image_index = [], []
+        for i, row in enumerate(rows):
+            for prompt in row[schema.PROMPT].split("\n"):
+                prompts.append(prompt)
+                image_index.append(i)
+        generations = self.model.generate(
+            self.model.processor.normalize(pixels), prompts, image_index=image_index, settings=self.settings
+        )
+        out, g = [], 0
+        for i, row in enumerate(rows):
+            n = image_index.count(i)
+            out.append(self._parse(row, [x.text for x in generations[g : g + n]]))
+            g += n
+        return out
+
+    def _parse(self, row: dict, texts: list[str]) -> RowLabel:
+        width, height = row[schema.ORIGINAL_WIDTH], row[schema.ORIGINAL_HEIGHT]
+        if self.spec.task == "ground":
+            boxes, problems = [], []
+            for phrase, text in zip(row[schema.PHRASES], texts):
+                parsed = parse_boxes_for_phrase(text, phrase, width, height)
+                boxes += box_dicts(parsed)
+            raw = json.dumps(dict(zip(row[schema.PHRASES], texts)), ensure_ascii=False)
+            return RowLabel(text=raw, caption=None, boxes=boxes)
+        (text,) = texts
+        parsed = parse_grounding(text, width, height)
+        return RowLabel(text=text, caption=parsed.caption, boxes=box_dicts(parsed))
+
+    @staticmethod
+    def _as_label(outcome) -> RowLabel:
+        if isinstance(outcome, RowLabel):
+            return outcome
+        reason = schema.Reason.OUT_OF_MEMORY if _is_oom(outcome) else schema.Reason.MODEL_ERROR
+        return RowLabel(rejection=Rejection(reason, f"{type(outcome).__name__}: {outcome}"))
+
+    def _with_label_columns(self, table: pa.Table, rows: list[dict], labels: dict, seconds: float) -> pa.Table:
+        empty = RowLabel()
+        got = [labels.get(i, empty) for i in range(len(rows))]
+        for i, label in labels.items():
+            if label.rejection:
+                rows[i][schema.STATUS] = label.rejection.status
+                rows[i][schema.REASON] = label.rejection.reason
+                rows[i][schema.ERROR_MESSAGE] = label.rejection.message
+        labelled = [i in labels and labels[i].rejection is None for i in range(len(rows))]
+        columns = {
+            schema.STATUS: pa.array([r[schema.STATUS] for r in rows], pa.string()),
+            schema.REASON: pa.array([r[schema.REASON] for r in rows], pa.string()),
+            schema.ERROR_MESSAGE: pa.array([r[schema.ERROR_MESSAGE] for r in rows], pa.string()),
+        }
+        for name, col in columns.items():
+            table = table.set_column(table.column_names.index(name), name, col)
+        table = table.drop_columns([schema.PIXEL_VALUES, schema.PHRASES])
+        field = {f.name: f.type for f in schema.LABEL_FIELDS}
+        added = {
+            schema.TASK: [self.spec.task] * len(rows),
+            schema.TEXT: [g.text for g in got],
+            schema.LABEL_CAPTION: [g.caption for g in got],
+            schema.BOXES: [g.boxes if ok else None for g, ok in zip(got, labelled)],
+            schema.MODEL: [self.model_name] * len(rows),
+            schema.GENERATION: [self.generation_json] * len(rows),
+            schema.MODEL_SECONDS: [seconds if ok else None for ok in labelled],
+        }
+        for name, values in added.items():
+            table = table.append_column(name, pa.array(values, field[name]))
+        return table
