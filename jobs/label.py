@@ -35,7 +35,7 @@ from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, PrepareForMode
 from pipeline.options import CorpusOptions, add_corpus_arguments
 from pipeline.reader import ColumnMap, InputError, column_names
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
-from pipeline.writer import STATS_FILE, LabelSink, read_shard_stats
+from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, read_shard_stats
 
 PREPARE_BATCH_ROWS = 16
 
@@ -116,7 +116,7 @@ def source_dataset(args, options: CorpusOptions):
                     raise InputError(f"{path}: no column {col!r} for --prompt-col/--phrases-col")
         return lambda: read_url_lists(files, options), kind
     source = image_source(kind, args.input, columns)
-    return lambda: ray.data.read_datasource(source, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS}), kind
+    return lambda: ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS), kind
 
 
 def model_actors(args) -> tuple[int, float]:
@@ -138,14 +138,13 @@ def run(args) -> dict:
     connect(args.address, args.num_cpus)
     os.makedirs(args.output, exist_ok=True)
     enable_resume(args.output)
-    if options.dedup:
-        start_dedup_index(args.output)
+    dedup = start_dedup_index(args.output, LABELS_DIR) if options.dedup else None
     actors, gpus_per_actor = model_actors(args)
     settings = generation_settings(args)
     started = time.monotonic()
     before = read_shard_stats(args.output)["input_rows"]
 
-    ds = fetch_and_filter(read(), options)
+    ds = fetch_and_filter(read(), options, dedup)
     ds = ds.map_batches(
         PrepareForModel,
         fn_constructor_args=(args.model, spec, args.previews_per_shard),

@@ -14,12 +14,15 @@ from ray.data.checkpoint import CheckpointConfig
 from pipeline import schema
 from pipeline.options import CorpusOptions
 from pipeline.reader import ColumnMap, UrlListDatasource, check_inputs, resolve_input_files
-from pipeline.stages import DEDUP_ACTOR, DedupIndex, FetchAndFilter
+from pipeline.stages import DedupIndex, FetchAndFilter
 from pipeline.writer import CHECKPOINT_DIR, CORPUS_DIR, SHARDS_DIR, STATS_FILE, CorpusSink, read_shard_stats
 
 FETCH_BATCH_ROWS = 32
-FETCH_ACTOR_CPUS = 0.5
-LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O; leave CPUs to fetching and models
+# Logical CPU reservations. Actors hold theirs for the whole run, and on a resumed run Ray Data
+# adds a checkpoint-filter actor that holds a whole CPU; if actors held every CPU, no read or
+# write task could ever be scheduled. The fetch actors' real load is set by --download-workers.
+FETCH_ACTOR_CPUS = 0.25
+LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -43,26 +46,25 @@ def enable_resume(output_dir: str, key_column: str = schema.KEY) -> None:
 
 
 def fetch_workers(options: CorpusOptions) -> int:
-    return options.download_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return options.download_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
 
 
-def start_dedup_index(output_dir: str) -> None:
-    """Seed from the shards already written, so a resumed run keeps deduplicating against them."""
+def start_dedup_index(output_dir: str, kept_dir: str = CORPUS_DIR):
+    """Seeded from the shards already written, so a resumed run keeps deduplicating against them."""
     seen = {}
-    for path in glob.glob(os.path.join(output_dir, SHARDS_DIR, CORPUS_DIR, "*.parquet")):
-        table = pq.read_table(path, columns=[schema.SHA256, schema.KEY])
-        seen.update(zip(table.column(schema.SHA256).to_pylist(), table.column(schema.KEY).to_pylist()))
-    try:
-        ray.kill(ray.get_actor(DEDUP_ACTOR))
-    except ValueError:
-        pass
-    DedupIndex.options(name=DEDUP_ACTOR).remote(seen)
+    for path in glob.glob(os.path.join(output_dir, SHARDS_DIR, kept_dir, "*.parquet")):
+        table = pq.read_table(path, columns=[schema.SHA256, schema.KEY, schema.STATUS])
+        for sha, key, status in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            if status == schema.Status.SUCCESS:
+                seen.setdefault(sha, key)
+    return DedupIndex.remote(seen)
 
 
-def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions) -> ray.data.Dataset:
+def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None) -> ray.data.Dataset:
+    """dedup: a DedupIndex handle, required when options.dedup is set."""
     return ds.map_batches(
         FetchAndFilter,
-        fn_constructor_args=(options,),
+        fn_constructor_args=(options, dedup),
         batch_size=FETCH_BATCH_ROWS,
         batch_format="pyarrow",
         concurrency=fetch_workers(options),
@@ -79,20 +81,19 @@ def url_list_files(input_spec: str, options: CorpusOptions) -> list[str]:
 
 def read_url_lists(files: list[str], options: CorpusOptions) -> ray.data.Dataset:
     source = UrlListDatasource(files, ColumnMap(options.url_col, options.caption_col))
-    return ray.data.read_datasource(source, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+    return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
 
 
 def build_corpus(files: list[str], output_dir: str, options: CorpusOptions) -> dict:
     """Run the whole job into output_dir; returns the totals also written to stats.json."""
     os.makedirs(output_dir, exist_ok=True)
+    enable_resume(output_dir)  # before the dataset exists: it copies the context when made
     ds = read_url_lists(files, options)
-    enable_resume(output_dir)
-    if options.dedup:
-        start_dedup_index(output_dir)
+    dedup = start_dedup_index(output_dir) if options.dedup else None
     started = time.monotonic()
     before = read_shard_stats(output_dir)["input_rows"]
     sink = CorpusSink(output_dir, options.shard_size)
-    fetch_and_filter(ds, options).write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+    fetch_and_filter(ds, options, dedup).write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
     wall = time.monotonic() - started
     totals = read_shard_stats(output_dir)
     totals["this_run"] = {

@@ -24,9 +24,6 @@ from pipeline.download import Fetcher, validate_url
 from pipeline.options import CorpusOptions
 from pipeline.schema import Rejection
 
-DEDUP_ACTOR = "cogscale-dedup"
-
-
 @dataclass
 class RowResult:
     """The columns one row gains; rejected rows keep everything learned before the rejection."""
@@ -141,11 +138,11 @@ class FetchAndFilter:
     Rows that already carry image bytes (existing corpora read by jobs.label) skip the download.
     """
 
-    def __init__(self, options: CorpusOptions):
+    def __init__(self, options: CorpusOptions, dedup: "ray.actor.ActorHandle | None" = None):
         self.options = options
         self.fetcher = Fetcher(options.download_options())
         self.resizer = _resizer(options) if options.resize != "no" else None
-        self.dedup = ray.get_actor(DEDUP_ACTOR) if options.dedup else None
+        self.dedup = dedup
 
     def _caption_rejection(self, caption) -> Rejection | None:
         return check_caption(

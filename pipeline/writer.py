@@ -48,7 +48,7 @@ PREVIEWS_DIR = "previews"
 CHECKPOINT_DIR = "_checkpoint"
 STATS_FILE = "stats.json"
 
-IMAGE_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
 class ShardNames(FilenameProvider):

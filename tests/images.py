@@ -87,3 +87,37 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     row = b"\x00" + b"\x00" * width
     idat = zlib.compress(row * 16, 9)  # a few rows only: the file stays small
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def progressive_jpeg(width: int = 256, height: int = 256) -> bytes:
+    return encode(rgb(width, height), "JPEG", quality=90, progressive=True)
+
+
+def la_png(width: int = 64, height: int = 48) -> bytes:
+    """Greyscale with alpha 128 everywhere."""
+    img = rgb(width, height).convert("L").convert("LA")
+    img.putalpha(128)
+    return encode(img, "PNG")
+
+
+def transparent_palette_png(width: int = 64, height: int = 48) -> bytes:
+    """Palette image: left half index 0 (black, fully transparent), right half index 1 (opaque red)."""
+    img = Image.new("P", (width, height), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0])
+    img.paste(1, (width // 2, 0, width, height))
+    return encode(img, "PNG", transparency=0)
+
+
+def webp_bomb(width: int = 16383, height: int = 16383) -> bytes:
+    """A small lossless WebP whose header is patched to claim width x height.
+
+    Only the header is meaningful (the body is still the 64x64 image's): Pillow's WebP
+    plugin must refuse the claimed size before libwebp allocates a canvas for it.
+    """
+    data = bytearray(encode(Image.new("RGB", (64, 64), (10, 20, 30)), "WEBP", lossless=True))
+    assert data[12:16] == b"VP8L" and data[20] == 0x2F  # simple lossless layout
+    # 14 bits width - 1, 14 bits height - 1, then alpha and version bits we keep.
+    (bits,) = struct.unpack("<I", data[21:25])
+    bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
+    data[21:25] = struct.pack("<I", bits)
+    return bytes(data)

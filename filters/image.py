@@ -1,0 +1,241 @@
+"""Image filters: read the header, judge the size, verify or fully decode the pixels.
+
+Every function takes bytes or values and returns a result; none raises on bad input.
+A `Rejection` says why a row is dropped and `None` means it passes.
+
+Decompression bombs: `Image.open` refuses images above twice `Image.MAX_IMAGE_PIXELS`
+(about 179 M pixels) with `DecompressionBombError` before telling us their size. Turning
+that guard off means writing the process-wide `Image.MAX_IMAGE_PIXELS`, which races with
+other threads decoding at the same time. So `probe_image` identifies the file itself, by
+walking Pillow's plugin registry (`Image.ID` / `Image.OPEN`, the tables `Image.open`
+walks) and calling the matching plugin's constructor, which parses the header only. That
+reads the claimed size without the guard and without touching global state, and
+`check_area` rejects it from the header. A few plugins, WebP among them, run the guard
+inside their own parser because their decoder allocates the canvas at open; for those
+`probe_image` itself returns TOO_MANY_PIXELS with Pillow's pixel count but no width and
+height. `decode_image` and `verify_decodes` go through `Image.open`, so
+Pillow's guard stays on wherever pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile
+
+from pipeline.schema import Reason, Rejection
+
+_EXIF_ORIENTATION = 0x0112
+
+# EXIF orientation -> the transpose that shows the image upright (the EXIF 2.3 table).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_SIDES = {5, 6, 7, 8}
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_WHITE = (255, 255, 255, 255)
+_SCALABLE_FORMATS = {"JPEG", "MPO"}  # libjpeg can decode these at 1/2, 1/4 or 1/8 scale
+
+# Pillow's process-wide switch that makes truncated files decode without error. Should
+# anything in the process turn it on, every row fails loudly rather than truncated
+# images passing silently.
+_TRUNCATION_UNCHECKABLE = Rejection(
+    Reason.DECODE_ERROR,
+    "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: truncation cannot be detected",
+)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header claims. `width`/`height` are as displayed (EXIF applied)."""
+
+    format: str  # Pillow's name: JPEG, PNG, WEBP, GIF, MPO, ...
+    stored_width: int
+    stored_height: int
+    mode: str
+    n_frames: int
+    orientation: int  # EXIF orientation 1..8; 1 when absent or unreadable
+
+    @property
+    def width(self) -> int:
+        return self.stored_height if self.orientation in _SWAPS_SIDES else self.stored_width
+
+    @property
+    def height(self) -> int:
+        return self.stored_width if self.orientation in _SWAPS_SIDES else self.stored_height
+
+    @property
+    def pixels(self) -> int:
+        return self.stored_width * self.stored_height
+
+
+def probe_image(data: bytes) -> ImageInfo | Rejection:
+    """Read format, size, mode, frame count and orientation from the header; decode nothing."""
+    try:
+        im = _open_header(data)
+        if im is None:
+            return Rejection(Reason.NOT_AN_IMAGE, f"not a recognised image format ({_describe(data)})")
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            return Rejection(Reason.DECODE_ERROR, f"{im.format} header claims {width}x{height} pixels")
+        return ImageInfo(
+            format=im.format,
+            stored_width=width,
+            stored_height=height,
+            mode=im.mode,
+            # GIF counts its frames by skipping through the blocks, without decoding them.
+            n_frames=getattr(im, "n_frames", 1),
+            orientation=_orientation(im),
+        )
+    except Image.DecompressionBombError as e:  # raised by plugins that guard inside their parser
+        return _refused(e)
+    except Exception as e:  # a plugin recognised the file but its header is broken
+        return Rejection(Reason.DECODE_ERROR, f"unreadable image header: {_error(e)}")
+
+
+def check_size(info: ImageInfo, min_image_size: int) -> Rejection | None:
+    """Reject when the shorter displayed side is below `min_image_size` pixels."""
+    shorter = min(info.width, info.height)
+    if shorter < min_image_size:
+        return Rejection(
+            Reason.TOO_SMALL,
+            f"shorter side {shorter} px below {min_image_size} ({info.width}x{info.height})",
+        )
+    return None
+
+
+def check_aspect_ratio(info: ImageInfo, max_aspect_ratio: float = 6.0) -> Rejection | None:
+    """Reject when width/height is above `max_aspect_ratio` or below its inverse.
+
+    Exactly max:1 and 1:max are kept. The comparison multiplies instead of dividing so
+    that 1:6 is not lost to the rounding of 1/6.
+    """
+    width, height = info.width, info.height
+    if width > max_aspect_ratio * height:
+        bound = f"beyond {max_aspect_ratio:g}"
+    elif height > max_aspect_ratio * width:
+        bound = f"below 1/{max_aspect_ratio:g}"
+    else:
+        return None
+    return Rejection(Reason.ASPECT_RATIO, f"aspect ratio {width / height:.2f} ({width}x{height}) {bound}")
+
+
+def check_area(info: ImageInfo, max_image_area: int) -> Rejection | None:
+    """Reject when the header claims more than `max_image_area` pixels."""
+    if info.pixels > max_image_area:
+        return Rejection(
+            Reason.TOO_MANY_PIXELS,
+            f"{info.pixels} pixels ({info.width}x{info.height}) above {max_image_area}"
+            " (decided from the header, not decoded)",
+        )
+    return None
+
+
+def decode_image(data: bytes, info: ImageInfo) -> Image.Image | Rejection:
+    """Decode the first frame in full, upright and in RGB.
+
+    Transparent pixels are composited on white; 16-bit greyscale is scaled to 8 bits.
+    `info` must come from `probe_image(data)`: its orientation is applied, so the result
+    is exactly `info.width` x `info.height`.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        return _TRUNCATION_UNCHECKABLE
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # the first frame; a truncated file raises here
+            rgb = _to_rgb(im)
+        method = _UPRIGHT.get(info.orientation)
+        return rgb.transpose(method) if method is not None else rgb
+    except Image.DecompressionBombError as e:
+        return _refused(e)
+    except Exception as e:
+        return Rejection(Reason.DECODE_ERROR, _error(e))
+
+
+def verify_decodes(data: bytes, info: ImageInfo) -> Rejection | None:
+    """Check that the first frame decodes to the end, as cheaply as possible.
+
+    JPEG is decoded at 1/8 scale in greyscale: the entropy-coded data of every component is
+    still read to the last byte, so truncation is caught, but the inverse DCT runs on 1/64
+    of the blocks and colour conversion is skipped. Other formats are decoded in full.
+    `info` is `probe_image(data)`; its format picks the path.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        return _TRUNCATION_UNCHECKABLE
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if info.format in _SCALABLE_FORMATS:
+                im.draft("L", (1, 1))  # the smallest scale libjpeg offers: 1/8
+            im.load()
+        return None
+    except Image.DecompressionBombError as e:
+        return _refused(e)
+    except Exception as e:
+        return Rejection(Reason.DECODE_ERROR, _error(e))
+
+
+def _open_header(data: bytes) -> ImageFile.ImageFile | None:
+    """Identify `data` the way `Image.open` does, minus its decompression-bomb guard.
+
+    Returns None when no plugin recognises the bytes. Exceptions a plugin raises to say
+    "not my format" move on to the next one, as in `Image.open`; others propagate.
+    """
+    Image.init()
+    prefix = data[:16]
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        try:
+            verdict = accept(prefix) if accept else True
+            if verdict and not isinstance(verdict, str):  # a string explains why not
+                return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    return None
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation from what the header parse already read; 1 if absent or broken."""
+    try:
+        # The base implementation only reads metadata parsed at open. PngImageFile
+        # overrides it to decode the whole image in search of a late eXIf chunk.
+        value = Image.Image.getexif(im).get(_EXIF_ORIENTATION, 1)
+        return value if value in _UPRIGHT else 1
+    except Exception:  # broken EXIF is not a reason to drop a readable image
+        return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """A new RGB image of a loaded frame, whatever its mode."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own I;16 -> L conversion clips at 255; scale the full range instead.
+        wide = np.asarray(im).astype(np.int64).clip(0, 65535)
+        return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")  # applies a palette's or tRNS transparency as alpha
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    return im.convert("RGB")  # a copy even when already RGB, so closing `im` is safe
+
+
+def _refused(e: Image.DecompressionBombError) -> Rejection:
+    return Rejection(Reason.TOO_MANY_PIXELS, f"Pillow refused the header, nothing decoded: {e}")
+
+
+def _describe(data: bytes) -> str:
+    if not data:
+        return "0 bytes"
+    return f"{len(data)} bytes starting {data[:8]!r}"
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"

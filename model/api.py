@@ -1,0 +1,96 @@
+"""The small API the labeling job uses: load a checkpoint, template prompts, generate.
+
+    vem = VisualExpertModel.load("/models/cogvlm-chat-hf", tokenizer_dir="/models/vicuna-7b-v1.5")
+    pixels = np.stack([vem.processor.preprocess(img) for img in images])
+    outs = vem.generate(pixels, [vem.build_prompt("Describe the image.")] * len(images))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+from model.generate import GenerationSettings, RowResult, beam_search, generate_rows, layout_batch
+from model.loading import default_device_and_dtype, load_model
+from model.model import CogVLMForCausalLM
+from model.processor import ImageProcessor, apply_template, load_tokenizer
+
+__all__ = ["Generation", "GenerationSettings", "VisualExpertModel"]
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]  # generated ids, without the stop token
+    finish_reason: str = "eos"  # "eos", or "length" when max_new_tokens cut it off
+
+
+class VisualExpertModel:
+    def __init__(self, model: CogVLMForCausalLM, tokenizer, model_dir: Path):
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.processor = ImageProcessor(self.config.vision.image_size)
+        self.template_version = self.config.template_version
+        self.device = model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype
+        self._config_hash = hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()[:8]
+        self._name = model_dir.resolve().name
+
+    @classmethod
+    def load(cls, model_dir, tokenizer_dir=None, device=None, dtype=None) -> "VisualExpertModel":
+        """device default: cuda + bf16 if available, else cpu + fp32. Errors name what to fix."""
+        model_dir = Path(model_dir)
+        device, dtype = default_device_and_dtype(device, dtype)
+        config = ModelConfig.from_json(model_dir)
+        tokenizer = load_tokenizer(model_dir, tokenizer_dir, config)  # before the slow part: fail fast
+        return cls(load_model(model_dir, device, dtype), tokenizer, model_dir)
+
+    def describe(self) -> str:
+        """Directory name and a short hash of config.json, e.g. "cogvlm-chat-hf@3f2a9c1b"."""
+        return f"{self._name}@{self._config_hash}"
+
+    def build_prompt(self, query: str, template: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
+        return apply_template(query, template or self.template_version, history)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: np.ndarray | torch.Tensor,  # [N_images, 3, S, S] float32, from ImageProcessor
+        prompts: list[str],  # already templated, one per output row
+        image_index: list[int] | None = None,  # row r uses image image_index[r]; default r -> r
+        settings: GenerationSettings = GenerationSettings(),
+    ) -> list[Generation]:
+        """One Generation per prompt. Each image goes through the vision tower once, however many
+        rows use it. A CUDA out-of-memory error propagates (torch.cuda.OutOfMemoryError): split the batch."""
+        pixels = torch.as_tensor(pixel_values)
+        size = self.config.vision.image_size
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+            raise ValueError(f"pixel_values must be [N, 3, {size}, {size}], got {tuple(pixels.shape)}")
+        if image_index is None:
+            image_index = list(range(len(prompts)))
+        if len(image_index) != len(prompts) or any(not 0 <= i < len(pixels) for i in image_index):
+            raise ValueError(f"image_index must give one image in 0..{len(pixels) - 1} per prompt")
+        if not prompts:
+            return []
+
+        unique = list(dict.fromkeys(image_index))  # images in order of first use; unused ones are skipped
+        slot_of_image = {image: u for u, image in enumerate(unique)}
+        features = self.model.encode_images(pixels[unique].to(self.device))
+        text_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        batch = layout_batch(self.model, text_ids, [slot_of_image[i] for i in image_index])
+        if settings.num_beams > 1:
+            rows = beam_search(self.model, features, batch, settings.num_beams, settings.max_new_tokens)
+        else:
+            rows = generate_rows(self.model, features, batch, settings)
+        return [self._to_generation(row) for row in rows]
+
+    def _to_generation(self, row: RowResult) -> Generation:
+        text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+        return Generation(text=text, token_ids=row.token_ids, finish_reason=row.finish_reason)

@@ -1,0 +1,146 @@
+"""Write a tiny random checkpoint in the released file and key layout, for tests and dry runs.
+
+    python -m model.tiny OUT [--variant cogvlm|cogvlm2] [--seed N]
+
+OUT gets config.json (the released keys, small values), two safetensors shards with
+model.safetensors.index.json, and a byte-level tokenizer built offline. v1 uses the Vicuna
+special ids (pad = unk = 0, bos 1, eos 2); v2 mirrors Llama-3's order (bos, end_of_text,
+reserved_0 as pad, eot_id) right after the 256 byte tokens, and names num_multi_query_heads so
+that a small vocabulary is still detected as v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from model.config import COGVLM, COGVLM2, ModelConfig
+from model.model import CogVLMForCausalLM
+
+VISION_CONFIG = {
+    "dropout_prob": 0.0,
+    "hidden_act": "gelu",
+    "hidden_size": 32,
+    "image_size": 56,  # 4x4 patches: v2's 2x2 conv leaves 2x2
+    "in_channels": 3,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-06,
+    "num_heads": 2,
+    "num_hidden_layers": 2,
+    "num_positions": 17,
+    "patch_size": 14,
+}
+
+UNIT_SCALE = ("embed_tokens.weight", "position_embedding.weight", "cls_embedding", ".boi", ".eoi")
+V1_SPECIALS = {"<unk>": 0, "<s>": 1, "</s>": 2}  # bytes follow at 3..258
+V2_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|eot_id|>"]  # at 256..259
+
+
+def tiny_config(variant: str) -> dict:
+    common = {
+        "architectures": ["CogVLMForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "rms_norm_eps": 1e-05,
+        "template_version": "chat",
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vision_config": dict(VISION_CONFIG),
+    }
+    if variant == COGVLM:
+        return {**common, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                "max_position_embeddings": 2048, "vocab_size": 3 + 256}
+    if variant == COGVLM2:
+        return {**common, "bos_token_id": 256, "eos_token_id": [257, 259], "pad_token_id": 258,
+                "max_position_embeddings": 8192, "num_multi_query_heads": 2, "vocab_size": 256 + 4}
+    raise ValueError(f"unknown variant {variant!r}; expected {COGVLM} or {COGVLM2}")
+
+
+def random_state_dict(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Every released key with a deterministic random value scaled so activations stay O(1)."""
+    with torch.device("meta"):
+        shapes = {k: t.shape for k, t in CogVLMForCausalLM(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name in sorted(shapes):
+        shape = shapes[name]
+        noise = torch.randn(shape, generator=gen)
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight") or name.endswith("norm1.weight"):
+            state[name] = 1.0 + 0.1 * noise
+        elif name.endswith(".bias"):
+            state[name] = 0.05 * noise
+        elif name.endswith(UNIT_SCALE):
+            state[name] = noise
+        else:
+            state[name] = noise / math.sqrt(math.prod(shape[1:]))  # weights: 1 / sqrt(fan_in)
+    return state
+
+
+def write_shards(state: dict[str, torch.Tensor], out: Path, num_shards: int = 2) -> None:
+    names = sorted(state)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    groups: list[list[str]] = [[] for _ in range(num_shards)]
+    written = 0
+    for name in names:  # fill shards in key order up to an even share of the bytes each
+        groups[min(num_shards - 1, written * num_shards // total)].append(name)
+        written += state[name].numel() * state[name].element_size()
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        file = f"model-{i:05d}-of-{num_shards:05d}.safetensors"
+        save_file({k: state[k].contiguous() for k in group}, str(out / file), metadata={"format": "pt"})
+        weight_map.update({k: file for k in group})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def write_tokenizer(variant: str, out: Path) -> None:
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # byte-level BPE with no merges
+    if variant == COGVLM:
+        vocab = dict(V1_SPECIALS) | {c: 3 + i for i, c in enumerate(byte_chars)}
+        specials = list(V1_SPECIALS)
+        tok_config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"}
+    else:
+        vocab = {c: i for i, c in enumerate(byte_chars)} | {s: 256 + i for i, s in enumerate(V2_SPECIALS)}
+        specials = V2_SPECIALS
+        tok_config = {"bos_token": V2_SPECIALS[0], "eos_token": V2_SPECIALS[1]}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>" if variant == COGVLM else None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(specials)
+    tokenizer.save(str(out / "tokenizer.json"))
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 2048, **tok_config}
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+
+
+def write_tiny_checkpoint(out_dir: str | Path, variant: str = COGVLM, seed: int = 0) -> Path:
+    out = Path(out_dir)
+    raw = tiny_config(variant)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    write_shards(random_state_dict(ModelConfig.from_dict(raw), seed), out)
+    write_tokenizer(variant, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="directory to write (created if needed)")
+    parser.add_argument("--variant", choices=[COGVLM, COGVLM2], default=COGVLM)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(write_tiny_checkpoint(args.out, args.variant, args.seed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+import random
+
+import pytest
+from PIL import Image
+
+from filters.image import ImageInfo, decode_image, probe_image
+from pipeline.schema import Reason, Rejection
+from tests import images
+
+
+def _encode_with_orientation(fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return images.encode(images.rgb(80, 40), fmt, exif=exif.tobytes())
+
+
+# factory, format, stored (w, h), displayed (w, h), mode, frames, orientation
+PROBE_CASES = [
+    ("jpeg", images.jpeg, "JPEG", (64, 48), (64, 48), "RGB", 1, 1),
+    ("png", images.png, "PNG", (64, 48), (64, 48), "RGB", 1, 1),
+    ("webp", images.webp, "WEBP", (64, 48), (64, 48), "RGB", 1, 1),
+    ("cmyk_jpeg", images.cmyk_jpeg, "JPEG", (64, 48), (64, 48), "CMYK", 1, 1),
+    ("palette_png", images.palette_png, "PNG", (64, 48), (64, 48), "P", 1, 1),
+    ("transparent_palette_png", images.transparent_palette_png, "PNG", (64, 48), (64, 48), "P", 1, 1),
+    ("rgba_png", images.rgba_png, "PNG", (64, 48), (64, 48), "RGBA", 1, 1),
+    ("la_png", images.la_png, "PNG", (64, 48), (64, 48), "LA", 1, 1),
+    ("png16", images.png16, "PNG", (64, 48), (64, 48), "I;16", 1, 1),
+    ("animated_gif", lambda: images.animated_gif(frames=3), "GIF", (64, 48), (64, 48), "P", 3, 1),
+    ("exif_6", images.exif_rotated_jpeg, "JPEG", (80, 40), (40, 80), "RGB", 1, 6),
+    ("exif_3", lambda: images.exif_rotated_jpeg(orientation=3), "JPEG", (80, 40), (80, 40), "RGB", 1, 3),
+    ("png_exif_8", lambda: _encode_with_orientation("PNG", 8), "PNG", (80, 40), (40, 80), "RGB", 1, 8),
+    ("webp_exif_5", lambda: _encode_with_orientation("WEBP", 5), "WEBP", (80, 40), (40, 80), "RGB", 1, 5),
+    ("progressive_jpeg", images.progressive_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 1),
+    # Only the pixel data is cut: the header is intact, so the probe passes.
+    ("truncated_jpeg", images.truncated_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 1),
+]
+
+
+@pytest.mark.parametrize(
+    "make, fmt, stored, displayed, mode, frames, orientation",
+    [case[1:] for case in PROBE_CASES],
+    ids=[case[0] for case in PROBE_CASES],
+)
+def test_probe_reads_header(make, fmt, stored, displayed, mode, frames, orientation):
+    info = probe_image(make())
+    assert info == ImageInfo(fmt, stored[0], stored[1], mode, frames, orientation)
+    assert (info.width, info.height) == displayed
+    assert info.pixels == stored[0] * stored[1]
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 255])
+def test_out_of_range_orientation_counts_as_upright(orientation):
+    data = images.exif_rotated_jpeg(80, 40, orientation=orientation)
+    info = probe_image(data)
+    assert (info.orientation, info.width, info.height) == (1, 80, 40)
+
+
+def test_bomb_dimensions_read_without_decoding(pixel_work):
+    info = probe_image(images.bomb_png(30000, 30000))  # 900 MB of pixels if decoded
+    assert isinstance(info, ImageInfo)
+    assert (info.format, info.width, info.height, info.mode) == ("PNG", 30000, 30000, "L")
+    assert info.pixels == 900_000_000
+    assert pixel_work == []
+
+
+@pytest.mark.parametrize("make", [c[1] for c in PROBE_CASES], ids=[c[0] for c in PROBE_CASES])
+def test_probe_decodes_nothing(make, pixel_work):
+    data = make()  # encoding allocates; only the probe is watched
+    pixel_work.clear()
+    probe_image(data)
+    # WebP's plugin creates its decoder at open, which is not a decode of the pixels.
+    assert [event for event in pixel_work if event[0] != "webp_decoder"] == []
+
+
+def test_pixel_work_spy_sees_a_decode(pixel_work):
+    decode_image(images.png(64, 48), probe_image(images.png(64, 48)))
+    assert ("load", (64, 48)) in pixel_work and ("buffer", (64, 48)) in pixel_work
+
+
+def _random_bytes(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+NOT_IMAGE_CASES = [
+    ("html", b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body></body></html>"),
+    ("empty", b""),
+    ("one_byte", b"\xff"),
+    ("json", b'{"error": "forbidden"}'),
+] + [(f"random_{seed}", _random_bytes(seed, 4096)) for seed in range(5)]
+
+
+@pytest.mark.parametrize("data", [c[1] for c in NOT_IMAGE_CASES], ids=[c[0] for c in NOT_IMAGE_CASES])
+def test_non_images_are_not_an_image(data):
+    result = probe_image(data)
+    assert isinstance(result, Rejection)
+    assert result.reason == Reason.NOT_AN_IMAGE
+
+
+BROKEN_HEADER_CASES = [
+    # A recognised signature whose header cannot be parsed.
+    ("png_signature_only", images.png()[:8]),
+    ("png_cut_in_ihdr", images.png()[:20]),
+    ("jpeg_soi_only", images.jpeg()[:2]),
+    ("gif_cut_in_screen_descriptor", images.animated_gif()[:9]),
+]
+
+
+@pytest.mark.parametrize("data", [c[1] for c in BROKEN_HEADER_CASES], ids=[c[0] for c in BROKEN_HEADER_CASES])
+def test_broken_headers_are_rejected_without_raising(data):
+    result = probe_image(data)
+    assert isinstance(result, Rejection)
+    assert result.reason in (Reason.NOT_AN_IMAGE, Reason.DECODE_ERROR)
+
+
+def test_webp_bomb_is_refused_by_the_header_parse(pixel_work):
+    # Pillow's WebP plugin runs its own size guard before libwebp allocates the canvas,
+    # so the probe cannot learn the dimensions; it must still say TOO_MANY_PIXELS.
+    result = probe_image(images.webp_bomb(16383, 16383))
+    assert isinstance(result, Rejection)
+    assert result.reason == Reason.TOO_MANY_PIXELS
+    assert "268402689 pixels" in result.message
+    assert pixel_work == []
+
+
+def test_webp_header_size_is_read_below_pillows_limit():
+    info = probe_image(images.webp_bomb(4000, 3000))
+    assert (info.format, info.width, info.height) == ("WEBP", 4000, 3000)

@@ -1,0 +1,284 @@
+import json
+import math
+import re
+from dataclasses import asdict, replace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs import report
+from model.boxes import Box
+from pipeline import schema
+from pipeline.writer import LABELS_DIR, PREVIEWS_DIR, SHARDS_DIR, STATS_FILE
+from tests import images
+
+LABEL_SCHEMA = pa.schema(schema.CORPUS_FIELDS + schema.LABEL_FIELDS)
+PREVIEW_SCHEMA = pa.schema(schema.PREVIEW_FIELDS)
+HOSTILE_PHRASE = "<script>alert('phrase')</script>"
+HOSTILE_TEXT = "<script>alert('text')</script> a dog"
+HOSTILE_ERROR = "<img src=x onerror=alert(1)>"
+
+
+def box(phrase, x0, y0, x1, y1, width, height):
+    rel = [min(999, round(v * 1000 / size)) for v, size in ((x0, width), (y0, height), (x1, width), (y1, height))]
+    return asdict(Box(phrase, x0, y0, x1, y1, *rel))
+
+
+def label_row(key, *, caption="", boxes=(), status=schema.Status.SUCCESS, reason=None, error=None, size=(1024, 768)):
+    return {
+        schema.KEY: key,
+        schema.URL: f"http://127.0.0.1/{key}.jpg",
+        schema.STATUS: status,
+        schema.REASON: reason,
+        schema.ERROR_MESSAGE: error,
+        schema.WIDTH: size[0],
+        schema.HEIGHT: size[1],
+        schema.TASK: "grounded_caption",
+        schema.PROMPT: "Describe the image with boxes.",
+        schema.TEXT: caption,
+        schema.LABEL_CAPTION: caption,
+        schema.BOXES: list(boxes),
+        schema.MODEL: "tiny-cogvlm",
+        schema.GENERATION: json.dumps({"max_new_tokens": 64}),
+        schema.PREPROCESS_SECONDS: 0.01,
+        schema.MODEL_SECONDS: 0.1,
+    }
+
+
+def preview_row(key, thumb_size, original_size):
+    return {
+        schema.KEY: key,
+        schema.THUMBNAIL: images.jpeg(*thumb_size),
+        schema.WIDTH: original_size[0],
+        schema.HEIGHT: original_size[1],
+    }
+
+
+# The rows whose drawing the tests check: key -> (thumbnail size, original size, box in original
+# pixels). Both land at (64, 48)-(192, 144) in a 256 x 192 drawn thumbnail; the second one's
+# thumbnail is half that size, so it is scaled up first.
+DOG = ("00000000000001", (256, 192), (1024, 768), (256, 192, 768, 576))
+CAT = ("00000000000002", (128, 96), (640, 480), (160, 120, 480, 360))
+DRAWN_BOX = (64, 48, 192, 144)
+
+
+def make_labels(root, *, stats=True, previews=True, plain_rows=10):
+    """A fake `jobs.label` output in two shards; returns the rows that have a preview."""
+    labels_dir = root / "labels"
+    for sub in (LABELS_DIR, PREVIEWS_DIR):
+        (labels_dir / SHARDS_DIR / sub).mkdir(parents=True)
+    shard_a = [
+        label_row(DOG[0], caption="a dog on a sofa", boxes=[box("dog", *DOG[3], *DOG[2])], size=DOG[2]),
+        label_row(CAT[0], caption="a cat & a \"mat\"", boxes=[box("cat", *CAT[3], *CAT[2])], size=CAT[2]),
+        label_row(
+            "00000000000003",
+            caption=HOSTILE_TEXT,
+            boxes=[box(HOSTILE_PHRASE, 10, 300, 600, 700, 1024, 768), box("sofa", 500, 20, 1000, 200, 1024, 768)],
+        ),
+        label_row("00000000000004", status=schema.Status.FAILED_TO_LABEL, reason=schema.Reason.MODEL_ERROR, error=HOSTILE_ERROR),
+        label_row("00000000000005", status=schema.Status.FAILED_TO_LABEL, reason=schema.Reason.OUT_OF_MEMORY, error="CUDA OOM"),
+    ]
+    shard_b = [label_row(f"000010000000{i:02d}", caption=f"plain picture number {i}") for i in range(plain_rows)]
+    # An input column only one shard has: shards need not share a schema.
+    extra = pa.schema(list(LABEL_SCHEMA) + [pa.field("uid", pa.string())])
+    shard_b_table = pa.Table.from_pylist([{**r, "uid": r[schema.KEY]} for r in shard_b], schema=extra)
+    pq.write_table(pa.Table.from_pylist(shard_a, schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "part-a.parquet")
+    pq.write_table(shard_b_table, labels_dir / SHARDS_DIR / LABELS_DIR / "part-b.parquet")
+    previewed = shard_a[:4] + shard_b  # not the out-of-memory row
+    if previews:
+        rows_a = [preview_row(DOG[0], DOG[1], DOG[2]), preview_row(CAT[0], CAT[1], CAT[2])]
+        rows_a += [preview_row(r[schema.KEY], (256, 192), (1024, 768)) for r in shard_a[2:4]]
+        rows_b = [preview_row(r[schema.KEY], (192, 256), (768, 1024)) for r in shard_b]
+        for name, rows in (("part-a.parquet", rows_a), ("part-b.parquet", rows_b)):
+            pq.write_table(pa.Table.from_pylist(rows, schema=PREVIEW_SCHEMA), labels_dir / SHARDS_DIR / PREVIEWS_DIR / name)
+    if stats:
+        totals = {"input_rows": 17, "kept": 13, "rejected": 4, "rejected_by_reason": {"model_error": 3, "out_of_memory": 1}}
+        (labels_dir / STATS_FILE).write_text(json.dumps(totals))
+    return labels_dir, previewed
+
+
+def run(labels_dir, out_dir, *extra):
+    return report.main(["--labels", str(labels_dir), "--out", str(out_dir), *extra])
+
+
+def card_keys(page: str) -> list[str]:
+    return re.findall(r'<h3>#\d+ <code>([^<]*)</code>', page)
+
+
+def test_page_shows_every_sampled_row_escaped_with_existing_images(tmp_path):
+    labels_dir, previewed = make_labels(tmp_path)
+    out = tmp_path / "report"
+    assert run(labels_dir, out) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+
+    assert sorted(card_keys(page)) == sorted(r[schema.KEY] for r in previewed)
+    for row in previewed:
+        if row[schema.LABEL_CAPTION]:
+            assert f'<p class="caption">{report.esc(row[schema.LABEL_CAPTION])}</p>' in page
+    assert "a cat &amp; a &quot;mat&quot;" in page
+    # Model text, phrases and error messages are shown, but only escaped.
+    assert "&lt;script&gt;alert(&#x27;phrase&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#x27;text&#x27;)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert "script-src" not in page and "default-src 'none'" in page  # no script allowed at all
+
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(previewed)
+    for src in sources:
+        with Image.open(out / src) as image:
+            assert max(image.size) == 256 or image.size == CAT[1]
+
+    # Header: totals from stats.json, failures by reason with an example from the shards.
+    assert "<th>rows</th><td class=\"n\">17</td>" in page
+    assert "<th>failed</th><td class=\"n\">4</td>" in page
+    assert "<td>out_of_memory</td><td class=\"n\">1</td><td><code>00000000000005</code></td><td>CUDA OOM</td>" in page
+
+
+def test_boxes_sit_where_the_original_pixels_say(tmp_path):
+    labels_dir, _ = make_labels(tmp_path)
+    page_out = tmp_path / "report"
+    assert run(labels_dir, page_out) == 0
+    page = (page_out / "index.html").read_text(encoding="utf-8")
+    # 256/1024 = 25%, 192/768 = 25%, width and height 50%.
+    assert 'style="left:25.00%;top:25.00%;width:50.00%;height:50.00%;border-color:#e6194b"' in page
+
+
+def test_contact_sheet_grid_and_box_pixels(tmp_path):
+    labels_dir, previewed = make_labels(tmp_path)
+    out = tmp_path / "report"
+    columns = 3
+    assert run(labels_dir, out, "--columns", str(columns)) == 0
+    keys = card_keys((out / "index.html").read_text(encoding="utf-8"))
+    with Image.open(out / "contact_sheet.png") as sheet:
+        sheet = sheet.convert("RGB")
+    rows = math.ceil(len(previewed) / columns)
+    assert sheet.size == (columns * report.CELL_WIDTH, rows * report.CELL_HEIGHT)
+
+    first_color = report.PALETTE[0]
+    for key in (DOG[0], CAT[0]):
+        index = keys.index(key)
+        # A 256 x 192 image is centred vertically in its 256-pixel square.
+        left = (index % columns) * report.CELL_WIDTH + report.PAD
+        top = (index // columns) * report.CELL_HEIGHT + report.PAD + (256 - 192) // 2
+        x0, y0, x1, y1 = DRAWN_BOX
+        middle_y, middle_x = (y0 + y1) // 2, (x0 + x1) // 2
+        for x, y in ((x0, middle_y), (x1, middle_y), (middle_x, y1)):
+            assert sheet.getpixel((left + x, top + y)) == first_color, (key, x, y)
+        for x, y in ((x0 - 3, middle_y), (x0 + 10, middle_y), (x1 + 3, middle_y)):
+            assert sheet.getpixel((left + x, top + y)) != first_color, (key, x, y)
+
+
+def test_sampling_is_deterministic_for_a_seed(tmp_path):
+    labels_dir, _ = make_labels(tmp_path, plain_rows=30)
+    picks = []
+    for seed in ("1", "1", "2"):
+        out = tmp_path / f"report-{len(picks)}"
+        assert run(labels_dir, out, "--sample", "8", "--seed", seed) == 0
+        picks.append(card_keys((out / "index.html").read_text(encoding="utf-8")))
+    assert len(picks[0]) == 8
+    assert picks[0] == picks[1]
+    assert picks[0] != picks[2]
+
+
+def test_choose_sample_keeps_a_share_for_failures():
+    status_of = {f"ok{i:02d}": schema.Status.SUCCESS for i in range(40)}
+    status_of |= {f"bad{i}": schema.Status.FAILED_TO_LABEL for i in range(10)}
+    chosen = report.choose_sample(status_of, 16, seed=0)
+    assert len(chosen) == 16 and len(set(chosen)) == 16
+    assert [k.startswith("bad") for k in chosen] == [False] * 14 + [True] * 2
+    # Too few successes: failures fill the rest; too few rows: all of them.
+    few_ok = {"ok": schema.Status.SUCCESS, "bad1": schema.Status.FAILED_TO_LABEL, "bad2": schema.Status.FAILED_TO_LABEL}
+    assert report.choose_sample(few_ok, 2, seed=0) in (["ok", "bad1"], ["ok", "bad2"])
+    assert report.choose_sample(few_ok, 10, seed=0) == ["ok", "bad1", "bad2"]
+    assert report.choose_sample({}, 10, seed=0) == []
+
+
+def test_a_replaced_report_leaves_no_stale_images(tmp_path):
+    labels_dir, _ = make_labels(tmp_path)
+    out = tmp_path / "report"
+    assert run(labels_dir, out) == 0
+    assert run(labels_dir, out, "--sample", "2") == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["card-0001.jpg", "card-0002.jpg"]
+
+
+@pytest.mark.parametrize("make_dir", [False, True])
+def test_missing_label_shards_exit_2_with_a_message(tmp_path, capsys, make_dir):
+    labels_dir = tmp_path / "nothing-here"
+    if make_dir:
+        (labels_dir / SHARDS_DIR / LABELS_DIR).mkdir(parents=True)
+    assert run(labels_dir, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert str(labels_dir / SHARDS_DIR / LABELS_DIR) in err and "jobs.label" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_stats_or_previews_the_page_still_has_counts(tmp_path, capsys):
+    labels_dir, _ = make_labels(tmp_path, stats=False, previews=False)
+    out = tmp_path / "report"
+    assert run(labels_dir, out) == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "counted in the label shards" in page
+    assert "<th>rows</th><td class=\"n\">15</td>" in page  # 5 + 10 rows
+    assert "<td>model_error</td><td class=\"n\">1</td>" in page
+    assert card_keys(page) == []
+    assert not (out / "contact_sheet.png").exists()
+    assert "no row has a thumbnail" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    for bad in (["--sample", "0"], ["--columns", "-1"], ["--seed", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run(tmp_path, tmp_path / "out", *bad)
+        assert exit_info.value.code == 2
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+
+def test_fit_keeps_aspect_and_fills_the_square():
+    assert report.fit((1024, 768)) == (256, 192)
+    assert report.fit((128, 96)) == (256, 192)
+    assert report.fit((10, 1000)) == (3, 256)
+    assert report.fit((1, 5000)) == (1, 256)
+
+
+def test_scale_box_maps_original_pixels_to_drawn_pixels():
+    dog = Box("dog", *DOG[3], 250, 250, 750, 750)
+    assert report.scale_box(dog, (1024, 768), (256, 192)) == DRAWN_BOX
+    flipped = Box("dog", 768, 576, 256, 192, 0, 0, 0, 0)
+    assert report.scale_box(flipped, (1024, 768), (256, 192)) == DRAWN_BOX
+    whole = Box("all", 0, 0, 1024, 768, 0, 0, 999, 999)
+    assert report.scale_box(whole, (1024, 768), (256, 192)) == (0, 0, 255, 191)  # stays inside
+
+
+def test_unusable_boxes_are_skipped():
+    good = Box("dog", *DOG[3], 250, 250, 750, 750)
+    broken = [replace(good, x0=None), replace(good, y1=float("nan")), replace(good, x1=float("inf"))]
+    rows = [None, asdict(good), *(asdict(b) for b in broken)]
+    card = report.Card(1, {schema.BOXES: rows}, None, b"", DOG[2])
+    assert [b.phrase for b in card.boxes()] == ["dog"]
+
+
+def test_box_percent():
+    assert report.box_percent(Box("x", 100, 50, 300, 150, 0, 0, 0, 0), (400, 200)) == (25.0, 25.0, 50.0, 50.0)
+    assert report.box_percent(Box("x", -10, 0, 500, 300, 0, 0, 0, 0), (400, 200)) == (0.0, 0.0, 100.0, 100.0)
+
+
+def test_wrap_text_wraps_breaks_and_ellipsizes():
+    assert report.wrap_text("a dog on a red sofa", 10, len, 3) == ["a dog on a", "red sofa"]
+    assert report.wrap_text("abcdefghijklmnopqrstuvw xy", 10, len, 4) == ["abcdefghij", "klmnopqrst", "uvw xy"]
+    assert report.wrap_text("one two three four five six", 9, len, 2) == ["one two", "three…"]
+    assert report.wrap_text("tab\there\x00nul\nline", 40, len, 2) == ["tab here nul line"]
+    assert report.wrap_text(None, 10, len, 2) == []
+    long = report.wrap_text("x" * 100_000, 10, len, 3)
+    assert long == ["x" * 10, "x" * 10, "x" * 9 + "…"]
+
+
+def test_truncate_and_esc():
+    assert report.truncate("short", 10, len) == "short"
+    assert report.truncate("a long phrase", 8, len) == "a long…"
+    assert report.esc('<a href="x">&\'</a>') == "&lt;a href=&quot;x&quot;&gt;&amp;&#x27;&lt;/a&gt;"
+    assert report.esc(None) == ""

@@ -1,0 +1,193 @@
+"""End to end: jobs.build_corpus against the hostile loopback server, on a local 2-CPU Ray."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import webdataset as wds
+
+from jobs import build_corpus
+from pipeline import schema
+from pipeline.reader import make_key
+from pipeline.writer import CORPUS_DIR, REJECTS_DIR, SHARDS_DIR, STATS_FILE
+from tests.http_server import EXPECTED, IMAGES, TABLE_OPTIONS
+
+R = schema.Reason
+# What the whole pipeline (download, then decode and filters) makes of each route's bytes.
+AFTER_FILTERS = {
+    "/img/tiny-8x8.png": R.TOO_SMALL,
+    "/img/wide-7x1.png": R.ASPECT_RATIO,
+    "/img/tall-1x7.png": R.ASPECT_RATIO,
+    "/img/truncated.jpg": R.DECODE_ERROR,
+    "/img/bomb.png": R.TOO_MANY_PIXELS,
+    "/html": R.NOT_AN_IMAGE,
+}
+BAD_INPUT = [
+    (None, R.MISSING_URL),
+    ("", R.MISSING_URL),
+    ("not a url", R.INVALID_URL),
+    ("ftp://127.0.0.1/a.jpg", R.UNSUPPORTED_SCHEME),
+    ("file:///etc/hosts", R.LOCAL_FILE_REFUSED),
+]
+JOB_FLAGS = [
+    "--timeout", str(TABLE_OPTIONS.timeout),
+    "--retries", str(TABLE_OPTIONS.retries),
+    "--max-bytes", str(TABLE_OPTIONS.max_bytes),
+    "--allow-networks", ",".join(TABLE_OPTIONS.allow_networks),
+    "--user-agent-token", TABLE_OPTIONS.user_agent_token,
+    "--min-image-size", "16",
+    "--max-image-area", "50000000",
+    "--max-caption-length", "100",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def read_outputs(out) -> tuple[pa.Table, pa.Table]:
+    def read(sub):
+        files = sorted(glob.glob(os.path.join(out, SHARDS_DIR, sub, "*.parquet")))
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive") if files else None
+
+    return read(CORPUS_DIR), read(REJECTS_DIR)
+
+
+def expected_rows(http_server):
+    """(url, caption, expected reason) for every route and every bad input."""
+    rows = []
+    for route in EXPECTED:
+        reason = route.reason or AFTER_FILTERS.get(route.path)
+        rows.append((http_server.url(route.path, route.host), f"route {route.path}", reason))
+    rows += [(url, "bad input", reason) for url, reason in BAD_INPUT]
+    rows.append((http_server.url("/img/jpeg.jpg"), "x" * 101, R.CAPTION_TOO_LONG))
+    return rows
+
+
+def test_every_route_gets_its_reason_and_no_row_is_lost(tmp_path, http_server):
+    rows = expected_rows(http_server)
+    table = pa.table(
+        {
+            "url": [r[0] for r in rows],
+            "caption": [r[1] for r in rows],
+            "uid": [f"u{i:04d}" for i in range(len(rows))],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS, "--shard-size", "16"]) == 0
+
+    kept, rejected = read_outputs(out)
+    every = kept.to_pylist() + rejected.to_pylist()
+    assert sorted(r[schema.KEY] for r in every) == [make_key(0, i) for i in range(len(rows))]
+    by_uid = {r["uid"]: r for r in every}
+    for i, (url, caption, reason) in enumerate(rows):
+        got = by_uid[f"u{i:04d}"]
+        assert (got[schema.URL], got[schema.CAPTION]) == (url, caption)
+        assert got[schema.REASON] == reason, (url, got[schema.ERROR_MESSAGE])
+        if reason is None:
+            assert got[schema.STATUS] == schema.Status.SUCCESS
+        else:
+            assert got[schema.STATUS] == schema.REASON_STATUS[reason] and got[schema.ERROR_MESSAGE]
+
+    kept_rows = {r[schema.KEY]: r for r in kept.to_pylist()}
+    assert all(r[schema.HTTP_STATUS] == 200 and r[schema.SHA256] for r in kept_rows.values())
+    rotated = next(r for r in kept_rows.values() if r[schema.URL].endswith("/img/exif-rotated.jpg"))
+    assert (rotated[schema.WIDTH], rotated[schema.HEIGHT]) == (40, 80)  # displayed size
+
+    samples = list(wds.WebDataset(sorted(glob.glob(os.path.join(out, SHARDS_DIR, CORPUS_DIR, "*.tar"))), shardshuffle=False))
+    assert len(samples) == len(kept_rows)
+    for sample in samples:
+        row = kept_rows[sample["__key__"]]
+        image = next(v for k, v in sample.items() if k in ("jpg", "png", "webp", "gif"))
+        path = row[schema.URL].split(":", 2)[2].split("/", 1)[1]
+        if "/" + path in IMAGES:
+            assert image == IMAGES["/" + path][0]  # original bytes, not re-encoded
+        assert sample["txt"].decode() == row[schema.CAPTION]
+        assert json.loads(sample["json"])["uid"] == row["uid"]
+
+    stats = json.load(open(os.path.join(out, STATS_FILE)))
+    assert stats["input_rows"] == len(rows) == stats["kept"] + stats["rejected"]
+    assert stats["kept"] == len(kept_rows)
+    assert sum(stats["rejected_by_reason"].values()) == stats["rejected"]
+
+    # A second run into the finished output writes nothing and loses nothing.
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS]) == 0
+    again = json.load(open(os.path.join(out, STATS_FILE)))
+    assert again["input_rows"] == len(rows) and again["this_run"]["input_rows"] == 0
+
+
+def test_dedup_keeps_one_copy_of_identical_bytes(tmp_path, http_server):
+    urls = [http_server.url("/img/png.png")] * 3 + [http_server.url("/redirect/chain/3"), http_server.url("/img/webp.webp")]
+    pq.write_table(pa.table({"url": urls}), tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS, "--dedup"]) == 0
+    kept, rejected = read_outputs(out)
+    assert kept.num_rows == 3  # one png, the chain's jpeg, the webp
+    assert rejected.column(schema.REASON).to_pylist() == [R.DUPLICATE, R.DUPLICATE]
+    owners = set(kept.column(schema.KEY).to_pylist())
+    assert all(any(k in m for k in owners) for m in rejected.column(schema.ERROR_MESSAGE).to_pylist())
+
+
+def test_resize_uses_img2dataset_modes(tmp_path, http_server):
+    urls = [http_server.url("/img/exif-rotated.jpg"), http_server.url("/img/rgba.png")]
+    pq.write_table(pa.table({"url": urls}), tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    flags = [*JOB_FLAGS, "--resize", "center_crop", "--image-size", "32"]
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *flags]) == 0
+    kept, _ = read_outputs(out)
+    rows = kept.to_pylist()
+    assert [(r[schema.WIDTH], r[schema.HEIGHT], r[schema.IMAGE_FORMAT]) for r in rows] == [(32, 32, "JPEG")] * 2
+    assert (rows[0][schema.ORIGINAL_WIDTH], rows[0][schema.ORIGINAL_HEIGHT]) == (40, 80)
+
+
+def test_missing_url_column_fails_fast(tmp_path, capsys):
+    pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"]}), tmp_path / "in.parquet")
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out")]) == 2
+    assert "--url-col" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_killed_run_resumes_without_duplicates(tmp_path, http_server):
+    """Kill a real job process mid-run, run again: every row exactly once, finished shards kept."""
+    fast = [http_server.url("/img/jpeg.jpg")] * 60
+    slow = [http_server.url("/hang/silent")] * 30  # each holds its row for the whole timeout
+    pq.write_table(pa.table({"url": fast}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"url": slow}), tmp_path / "b.parquet")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "jobs.build_corpus", "--input", str(tmp_path), "--output", str(out),
+           *JOB_FLAGS, "--timeout", "6", "--retries", "0", "--shard-size", "10", "--num-cpus", "2"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stats_dir = out / SHARDS_DIR / "stats"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (stats_dir.exists() and any(stats_dir.iterdir())):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(p.name for p in stats_dir.iterdir())
+    assert done_before, "the first run wrote no shard before it was killed"
+    rows_before = sum(json.load(open(stats_dir / n))["input_rows"] for n in done_before)
+    assert rows_before < 90, "the first run finished before it was killed: nothing to resume"
+
+    assert build_corpus.main(["--input", str(tmp_path / "*.parquet"), "--output", str(out), *JOB_FLAGS,
+                              "--timeout", "6", "--retries", "0", "--shard-size", "10"]) == 0
+    kept, rejected = read_outputs(out)
+    keys = kept.column(schema.KEY).to_pylist() + rejected.column(schema.KEY).to_pylist()
+    assert sorted(keys) == sorted([make_key(0, i) for i in range(60)] + [make_key(1, i) for i in range(30)])
+    assert set(done_before) <= {p.name for p in stats_dir.iterdir()}
+    stats = json.load(open(out / STATS_FILE))
+    assert stats["this_run"]["input_rows"] == 90 - rows_before
