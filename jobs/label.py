@@ -30,14 +30,19 @@ from pipeline.corpus import (
     start_dedup_index,
     summary,
     url_list_files,
+    write_shards,
 )
-from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, PrepareForModel, TaskSpec
+from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, TaskSpec, prepare_for_model
 from pipeline.options import CorpusOptions, add_corpus_arguments
 from pipeline.reader import ColumnMap, InputError, column_names
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
-from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, read_shard_stats
+from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, claim_output, read_shard_stats
 
 PREPARE_BATCH_ROWS = 16
+# The model actor's logical CPU share; its real threads are set from the machine (see run()).
+# Kept below 1 so that, with Ray Data's checkpoint filter actor on a resumed run, a 2-CPU
+# machine still has room to schedule read, preprocess and write tasks.
+MODEL_ACTOR_CPUS = 0.5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -146,23 +151,24 @@ def run(args) -> dict:
 
     ds = fetch_and_filter(read(), options, dedup)
     ds = ds.map_batches(
-        PrepareForModel,
-        fn_constructor_args=(args.model, spec, args.previews_per_shard),
+        prepare_for_model,
+        fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
         batch_size=PREPARE_BATCH_ROWS,
         batch_format="pyarrow",
-        concurrency=(1, max(1, int(ray.cluster_resources().get("CPU", 1)))),
-        num_cpus=0.5,
+        num_cpus=LIGHT_TASK_CPUS,
     )
+    cpu_threads = None if gpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
     ds = ds.map_batches(
         LabelModel,
-        fn_constructor_args=(args.model, args.tokenizer, spec, settings),
+        fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
         batch_size=args.batch_size,
         batch_format="pyarrow",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=gpus_per_actor,
-        num_cpus=1 if not gpus_per_actor else 0.5,
+        num_cpus=MODEL_ACTOR_CPUS,
     )
-    ds.write_datasink(LabelSink(args.output, options.shard_size, args.previews_per_shard), ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+    sink = LabelSink(args.output, claim_output(args.output), args.previews_per_shard)
+    write_shards(ds, sink, options.shard_size)
 
     wall = time.monotonic() - started
     totals = read_shard_stats(args.output)

@@ -15,7 +15,15 @@ from pipeline import schema
 from pipeline.options import CorpusOptions
 from pipeline.reader import ColumnMap, UrlListDatasource, check_inputs, resolve_input_files
 from pipeline.stages import DedupIndex, FetchAndFilter
-from pipeline.writer import CHECKPOINT_DIR, CORPUS_DIR, SHARDS_DIR, STATS_FILE, CorpusSink, read_shard_stats
+from pipeline.writer import (
+    CHECKPOINT_DIR,
+    CORPUS_DIR,
+    SHARDS_DIR,
+    STATS_FILE,
+    CorpusSink,
+    claim_output,
+    read_shard_stats,
+)
 
 FETCH_BATCH_ROWS = 32
 # Logical CPU reservations. Actors hold theirs for the whole run, and on a resumed run Ray Data
@@ -67,9 +75,15 @@ def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None) -
         fn_constructor_args=(options, dedup),
         batch_size=FETCH_BATCH_ROWS,
         batch_format="pyarrow",
-        concurrency=fetch_workers(options),
+        compute=ray.data.ActorPoolStrategy(size=fetch_workers(options)),
         num_cpus=FETCH_ACTOR_CPUS,
     )
+
+
+def write_shards(ds: ray.data.Dataset, sink, shard_size: int) -> None:
+    """One shard per block of at most shard_size rows (streaming: nothing waits for the whole set)."""
+    ds = ds.repartition(target_num_rows_per_block=shard_size)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
 
 
 def url_list_files(input_spec: str, options: CorpusOptions) -> list[str]:
@@ -92,8 +106,8 @@ def build_corpus(files: list[str], output_dir: str, options: CorpusOptions) -> d
     dedup = start_dedup_index(output_dir) if options.dedup else None
     started = time.monotonic()
     before = read_shard_stats(output_dir)["input_rows"]
-    sink = CorpusSink(output_dir, options.shard_size)
-    fetch_and_filter(ds, options, dedup).write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+    sink = CorpusSink(output_dir, claim_output(output_dir))
+    write_shards(fetch_and_filter(ds, options, dedup), sink, options.shard_size)
     wall = time.monotonic() - started
     totals = read_shard_stats(output_dir)
     totals["this_run"] = {

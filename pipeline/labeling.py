@@ -67,63 +67,59 @@ def thumbnail(image) -> bytes:
     return buf.getvalue()
 
 
-class PrepareForModel:
-    """CPU stage: decoded, resized pixels (uint8, C x S x S) and templated prompts per kept row."""
+def prepare_for_model(table: pa.Table, model_dir: str, spec: TaskSpec, previews_per_batch: int) -> pa.Table:
+    """CPU stage: decoded, resized pixels (uint8, 3 x S x S) and templated prompts per kept row.
 
-    def __init__(self, model_dir: str, spec: TaskSpec, previews_per_batch: int):
-        from model.processor import ImageProcessor, apply_template, read_template_version
+    A plain function, so Ray runs it as tasks: nothing holds a CPU between batches.
+    """
+    from model.processor import ImageProcessor, apply_template, read_template_version
 
-        self.processor = ImageProcessor.from_model_dir(model_dir)
-        self.template = spec.template or read_template_version(model_dir)
-        self.apply_template = apply_template
-        self.spec = spec
-        self.previews_per_batch = previews_per_batch
+    processor = ImageProcessor.from_model_dir(model_dir)  # reads config.json only
+    template = spec.template or read_template_version(model_dir)
+    started = time.perf_counter()
+    rows = table.to_pylist()
+    pixels, prompts, phrases, thumbs = [], [], [], []
+    for row in rows:
+        prepared = _prepare_row(row, processor, template, apply_template, spec, sum(t is not None for t in thumbs) < previews_per_batch)
+        if isinstance(prepared, Rejection):
+            row[schema.STATUS], row[schema.REASON], row[schema.ERROR_MESSAGE] = prepared.status, prepared.reason, prepared.message
+            prepared = (None, None, None, None)
+        for out, value in zip((pixels, prompts, phrases, thumbs), prepared):
+            out.append(value)
+    seconds = (time.perf_counter() - started) / max(1, len(rows))
+    for name in (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE):
+        table = table.set_column(table.column_names.index(name), name, pa.array([r[name] for r in rows], pa.string()))
+    # The output's `caption` is the model's; the input's caption is kept beside it.
+    table = table.drop_columns([schema.IMAGE_BYTES])
+    table = table.rename_columns([schema.INPUT_PREFIX + n if n == schema.CAPTION else n for n in table.column_names])
+    prompt_text = [None if p is None else "\n".join(p) for p in prompts]
+    return (
+        table.append_column(schema.PIXEL_VALUES, pa.array(pixels, pa.binary()))
+        .append_column(schema.PROMPT, pa.array(prompt_text, pa.string()))
+        .append_column(schema.PROMPTS, pa.array(prompts, pa.list_(pa.string())))
+        .append_column(schema.PHRASES, pa.array(phrases, pa.list_(pa.string())))
+        .append_column(schema.THUMBNAIL, pa.array(thumbs, pa.binary()))
+        .append_column(schema.PREPROCESS_SECONDS, pa.array([seconds] * len(rows), pa.float64()))
+    )
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        started = time.perf_counter()
-        rows = table.to_pylist()
-        pixels, prompts, phrases, thumbs = [], [], [], []
-        for row in rows:
-            pixel, prompt, row_phrases, thumb, rejection = self._prepare(row, len([t for t in thumbs if t]))
-            if rejection is not None:
-                row[schema.STATUS], row[schema.REASON], row[schema.ERROR_MESSAGE] = (
-                    rejection.status, rejection.reason, rejection.message,
-                )
-            pixels.append(pixel)
-            prompts.append(prompt)
-            phrases.append(row_phrases)
-            thumbs.append(thumb)
-        seconds = (time.perf_counter() - started) / max(1, len(rows))
-        for name in (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE):
-            table = table.set_column(table.column_names.index(name), name, pa.array([r[name] for r in rows], pa.string()))
-        # The output's `caption` is the model's; the input's caption is kept beside it.
-        table = table.drop_columns([schema.IMAGE_BYTES]).rename_columns(
-            [schema.INPUT_PREFIX + n if n == schema.CAPTION else n for n in table.column_names if n != schema.IMAGE_BYTES]
-        )
-        return (
-            table.append_column(schema.PIXEL_VALUES, pa.array(pixels, pa.binary()))
-            .append_column(schema.PROMPT, pa.array(prompts, pa.string()))
-            .append_column(schema.PHRASES, pa.array(phrases, pa.list_(pa.string())))
-            .append_column(schema.THUMBNAIL, pa.array(thumbs, pa.binary()))
-            .append_column(schema.PREPROCESS_SECONDS, pa.array([seconds] * len(rows), pa.float64()))
-        )
 
-    def _prepare(self, row: dict, previews_so_far: int):
-        if row[schema.STATUS] != schema.Status.SUCCESS:
-            return None, None, None, None, None
-        data = row[schema.IMAGE_BYTES]
-        info = probe_image(data)
-        image = info if isinstance(info, Rejection) else decode_image(data, info)
-        if isinstance(image, Rejection):
-            return None, None, None, None, image
-        queries = self.spec.queries(row)
-        if not queries or any(q is None or not str(q).strip() for q in queries):
-            what = "--phrases/--phrases-col" if self.spec.task == "ground" else "--prompt/--prompt-col"
-            return None, None, None, None, Rejection(schema.Reason.MISSING_PROMPT, f"no question for this row ({what})")
-        pixel = np.ascontiguousarray(self.processor.resize(image), dtype=np.uint8).tobytes()
-        prompt = "\n".join(self.apply_template(q, self.template) for q in queries)
-        thumb = thumbnail(image) if previews_so_far < self.previews_per_batch else None
-        return pixel, prompt, self.spec.row_phrases(row) if self.spec.task == "ground" else None, thumb, None
+def _prepare_row(row: dict, processor, template: str, apply_template, spec: TaskSpec, want_thumbnail: bool):
+    """(pixels, prompts, phrases, thumbnail) for a kept row, a Rejection, or Nones for a rejected row."""
+    if row[schema.STATUS] != schema.Status.SUCCESS:
+        return None, None, None, None
+    data = row[schema.IMAGE_BYTES]
+    info = probe_image(data)
+    image = info if isinstance(info, Rejection) else decode_image(data, info)
+    if isinstance(image, Rejection):
+        return image
+    queries = spec.queries(row)
+    if not queries or any(q is None or not str(q).strip() for q in queries):
+        what = "--phrases/--phrases-col" if spec.task == "ground" else "--prompt/--prompt-col"
+        return Rejection(schema.Reason.MISSING_PROMPT, f"no question for this row ({what})")
+    pixels = processor.resize(image).tobytes()
+    prompts = [apply_template(str(q), template) for q in queries]
+    phrases = spec.row_phrases(row) if spec.task == "ground" else None
+    return pixels, prompts, phrases, thumbnail(image) if want_thumbnail else None
 
 
 @dataclass
@@ -137,6 +133,8 @@ class RowLabel:
 def run_split_on_failure(items: list, run, is_oom) -> list:
     """run(items) -> one result per item. On a failure, retry each half, down to single items;
     a single item that still fails gets the exception as its result."""
+    if not items:
+        return []
     try:
         return run(items)
     except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
@@ -175,10 +173,14 @@ def box_dicts(parsed) -> list[dict]:
 class LabelModel:
     """Actor: the model loaded once; labels the kept rows of each batch."""
 
-    def __init__(self, model_dir: str, tokenizer_dir: str | None, spec: TaskSpec, settings, device: str | None = None):
+    def __init__(self, model_dir: str, tokenizer_dir: str | None, spec: TaskSpec, settings, cpu_threads: int | None = None):
+        import torch
+
         from model.api import VisualExpertModel
 
-        self.model = VisualExpertModel.load(model_dir, tokenizer_dir, device=device)
+        if cpu_threads:  # CPU actors: Ray sets one thread per logical CPU, often a fraction
+            torch.set_num_threads(cpu_threads)
+        self.model = VisualExpertModel.load(model_dir, tokenizer_dir)
         self.spec = spec
         self.settings = settings
         self.model_name = self.model.describe()
@@ -198,7 +200,7 @@ class LabelModel:
         pixels = np.stack([np.frombuffer(r[schema.PIXEL_VALUES], np.uint8).reshape(3, size, size) for r in rows])
         prompts, image_index = [], []
         for i, row in enumerate(rows):
-            for prompt in row[schema.PROMPT].split("\n"):
+            for prompt in row[schema.PROMPTS]:
                 prompts.append(prompt)
                 image_index.append(i)
         generations = self.model.generate(
@@ -247,7 +249,7 @@ class LabelModel:
         }
         for name, col in columns.items():
             table = table.set_column(table.column_names.index(name), name, col)
-        table = table.drop_columns([schema.PIXEL_VALUES, schema.PHRASES])
+        table = table.drop_columns([schema.PIXEL_VALUES, schema.PHRASES, schema.PROMPTS])
         field = {f.name: f.type for f in schema.LABEL_FIELDS}
         added = {
             schema.TASK: [self.spec.task] * len(rows),

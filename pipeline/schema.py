@@ -52,6 +52,7 @@ MODEL_SECONDS = "model_seconds"
 THUMBNAIL = "thumbnail"  # JPEG bytes in the previews Parquet that jobs.report renders
 PIXEL_VALUES = "_pixel_values"  # internal: model-ready image tensor, float32 CHW
 PHRASES = "_phrases"  # internal: the ground task's phrases for this row
+PROMPTS = "_prompts"  # internal: the row's templated prompts (several for `ground`)
 
 
 class Status:
@@ -201,7 +202,7 @@ PREVIEW_FIELDS = [
     pa.field(HEIGHT, pa.int32()),
 ]
 
-INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES]
+INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS]
 
 
 def reserved_columns() -> set[str]:

@@ -15,6 +15,7 @@ Layout under OUTPUT:
     shards/stats/BASE.json       counts for this shard
     _checkpoint/                 Ray Data's record of finished keys (outside shards/ on purpose:
                                  its cleanup lists shards/ recursively by basename prefix)
+    _run                         the id of the run that owns the output now (see claim_output)
     stats.json                   totals over all shards, written when the job ends
 """
 
@@ -25,12 +26,15 @@ import json
 import os
 import posixpath
 import tarfile
+import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow.fs import FileSelector
 from ray.data._internal.execution.interfaces import TaskContext
 from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
 from ray.data.block import BlockAccessor
@@ -46,6 +50,9 @@ STATS_DIR = "stats"
 LABELS_DIR = "labels"
 PREVIEWS_DIR = "previews"
 CHECKPOINT_DIR = "_checkpoint"
+RUN_FILE = "_run"
+# How long a new run waits after taking over an output from an earlier run; see claim_output.
+SETTLE_SECONDS = 3.0
 STATS_FILE = "stats.json"
 
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
@@ -112,18 +119,46 @@ def shard_stats(kept: pa.Table, rejected: pa.Table) -> dict:
     }
 
 
+class SupersededRun(RuntimeError):
+    """A newer run owns the output: this (orphaned) writer must not commit anything."""
+
+
+def claim_output(output_dir: str) -> str:
+    """Make this run the owner of output_dir; returns its run id.
+
+    Ray workers outlive a killed driver by seconds. A shard write still in flight could land
+    after the next run has loaded its checkpoint (rows written twice), or commit while that
+    run's cleanup deletes its files (rows lost). So writers check the owner before and after
+    writing (see _ShardSink.write_block), and a run that takes over an output waits until a
+    writer that passed its last check just before the takeover has committed.
+    """
+    run_id = uuid.uuid4().hex
+    path = os.path.join(output_dir, RUN_FILE)
+    taking_over = os.path.exists(path)
+    tmp = os.path.join(output_dir, f".{RUN_FILE}.{run_id}")
+    with open(tmp, "w") as f:
+        f.write(run_id)
+    os.replace(tmp, path)
+    if taking_over:
+        time.sleep(SETTLE_SECONDS)
+    return run_id
+
+
 class _ShardSink(_FileDatasink):
     """One shard per write task; subclasses say which files a shard has."""
 
     SUBDIRS: tuple[str, ...] = ()
 
-    def __init__(self, output_dir: str, shard_size: int):
+    def __init__(self, output_dir: str, run_id: str):
         super().__init__(posixpath.join(output_dir, SHARDS_DIR), filename_provider=ShardNames())
-        self._shard_size = shard_size
+        self._run_file = posixpath.join(output_dir, RUN_FILE)
+        self._run_id = run_id
 
-    @property
-    def min_rows_per_write(self) -> int:
-        return self._shard_size
+    def _check_owner(self) -> None:
+        with self.filesystem.open_input_stream(self._run_file) as f:
+            owner = f.read().decode()
+        if owner != self._run_id:
+            raise SupersededRun(f"run {self._run_id} was superseded by run {owner}; not writing")
 
     def on_write_start(self, schema_=None) -> None:
         super().on_write_start(schema_)
@@ -137,10 +172,22 @@ class _ShardSink(_FileDatasink):
         table = block.to_arrow()
         is_kept = pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS)
         kept, rejected = table.filter(is_kept), table.filter(pc.invert(is_kept))
+        self._check_owner()
         self.write_shard(base, kept, rejected)
         stats = json.dumps(shard_stats(kept, rejected), indent=1).encode()
         with self.open_output_stream(posixpath.join(self.path, STATS_DIR, base + ".json")) as f:
             f.write(stats)
+        try:
+            self._check_owner()
+        except SupersededRun:
+            self._delete_shard(base)  # the new run may already have cleaned up; leave nothing
+            raise
+
+    def _delete_shard(self, base: str) -> None:
+        for sub in self.SUBDIRS + (STATS_DIR,):
+            for info in self.filesystem.get_file_info(FileSelector(posixpath.join(self.path, sub), allow_not_found=True)):
+                if posixpath.basename(info.path).startswith(base + "."):
+                    self.filesystem.delete_file(info.path)
 
     def write_shard(self, base: str, kept: pa.Table, rejected: pa.Table) -> None:
         raise NotImplementedError
@@ -171,8 +218,8 @@ class LabelSink(_ShardSink):
 
     SUBDIRS = (LABELS_DIR, PREVIEWS_DIR)
 
-    def __init__(self, output_dir: str, shard_size: int, previews_per_shard: int):
-        super().__init__(output_dir, shard_size)
+    def __init__(self, output_dir: str, run_id: str, previews_per_shard: int):
+        super().__init__(output_dir, run_id)
         self._previews = previews_per_shard
 
     def write_shard(self, base: str, kept: pa.Table, rejected: pa.Table) -> None:

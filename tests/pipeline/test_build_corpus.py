@@ -190,4 +190,5 @@ def test_killed_run_resumes_without_duplicates(tmp_path, http_server):
     assert sorted(keys) == sorted([make_key(0, i) for i in range(60)] + [make_key(1, i) for i in range(30)])
     assert set(done_before) <= {p.name for p in stats_dir.iterdir()}
     stats = json.load(open(out / STATS_FILE))
-    assert stats["this_run"]["input_rows"] == 90 - rows_before
+    # Workers of the killed run may still commit a shard in their last seconds: never more.
+    assert stats["input_rows"] == 90 and stats["this_run"]["input_rows"] <= 90 - rows_before
