@@ -318,6 +318,7 @@ class Run:
     processes: int
     accounted: int
     kept: int
+    load: float  # 1-minute load average when the run started: other work on the machine
     cmd: list[str] = field(repr=False)
 
     @property
@@ -334,6 +335,7 @@ def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: B
     env.pop("RAY_ADDRESS", None)  # a fresh embedded Ray, never someone's cluster
     log_path = work_dir / "logs" / f"{contender}-{rows}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
     with open(log_path, "wb") as log:
         started = time.monotonic()
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -347,7 +349,7 @@ def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: B
         sys.exit(f"{contender} exited with {code}; see {log_path}")
     accounted, kept = count_outputs(contender, output)
     shutil.rmtree(output, ignore_errors=True)
-    return Run(contender, rows, wall, sampler.peak_rss, sampler.peak_pss, sampler.peak_processes, accounted, kept, cmd)
+    return Run(contender, rows, wall, sampler.peak_rss, sampler.peak_pss, sampler.peak_processes, accounted, kept, load, cmd)
 
 
 def _reap_session(session: int) -> None:
@@ -416,7 +418,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "",
         f"## Throughput at {args.urls:,} URLs",
         "",
-        "| contender | what it does with each image | URLs/s (best) | all runs (URLs/s) | ours / it | kept | peak RSS sum (MiB) | peak PSS sum (MiB) |",
+        "| contender | what it does with each image | URLs/s (best) | all runs: URLs/s (load average at start) | ours / it | kept | peak RSS sum (MiB) | peak PSS sum (MiB) |",
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     what = {
@@ -426,7 +428,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "img2dataset-no-reencode": "`--disable_all_reencoding True`: original bytes, never decoded",
     }
     for contender, run in best.items():
-        spread = ", ".join(f"{r.urls_per_second:,.0f}" for r in throughput if r.contender == contender)
+        spread = ", ".join(f"{r.urls_per_second:,.0f} ({r.load:.1f})" for r in throughput if r.contender == contender)
         ratio = f"{ours.urls_per_second / run.urls_per_second:.2f}" if ours and contender != "ours" else ""
         lines.append(
             f"| {contender} | {what[contender]} | {run.urls_per_second:,.0f} | {spread} | {ratio} | {run.kept:,} | "
@@ -516,7 +518,7 @@ def main(argv=None) -> int:
             runs.append(run)
             print(
                 f"{contender:<24} {rows:>7} rows  {run.wall:6.1f} s  {run.urls_per_second:7,.0f} URLs/s  "
-                f"kept {run.kept:>7,}  peak RSS {_mib(run.peak_rss):>6} MiB  PSS {_mib(run.peak_pss):>6} MiB",
+                f"kept {run.kept:>7,}  peak RSS {_mib(run.peak_rss):>6} MiB  PSS {_mib(run.peak_pss):>6} MiB  load {run.load:.1f}",
                 flush=True,
             )
             if run.accounted != rows:
