@@ -160,14 +160,7 @@ def _is_oom(e: Exception) -> bool:
 
 
 def box_dicts(parsed) -> list[dict]:
-    return [
-        {
-            "phrase": b.phrase,
-            "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1,
-            "x0_rel": b.x0_rel, "y0_rel": b.y0_rel, "x1_rel": b.x1_rel, "y1_rel": b.y1_rel,
-        }
-        for b in parsed.boxes
-    ]
+    return [asdict(b) for b in parsed.boxes]  # Box's fields are schema.BOX_TYPE's, in order
 
 
 class LabelModel:
