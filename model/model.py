@@ -1,6 +1,6 @@
 """The CogVLM / CogVLM2 visual-expert model in one file.
 
-Facts follow /work/shared/spec/visual-expert-checkpoints.md ("spec" in comments). Module and
+Facts follow shared/spec/visual-expert-checkpoints.md ("spec" in comments). Module and
 parameter names mirror the released checkpoints, so `state_dict()` keys are the released keys
 and loading is a strict name match.
 

@@ -70,7 +70,12 @@ def test_build_corpus_runs_under_ray_job_submit(tmp_path, ray_head, http_server)
     cmd = [RAY, "job", "submit", "--address", ray_head, "--working-dir", REPO, "--",
            "python", "-m", "jobs.build_corpus", "--input", str(tmp_path / "in.parquet"), "--output", str(out),
            "--allow-networks", "127.0.0.1/32", "--timeout", "5"]
-    done = subprocess.run(cmd, cwd=REPO, env=CLUSTER_ENV, capture_output=True, text=True, timeout=400)
+    deadline = time.monotonic() + 120
+    while True:  # the dashboard answers before its job agent is ready: Ray says to try again
+        done = subprocess.run(cmd, cwd=REPO, env=CLUSTER_ENV, capture_output=True, text=True, timeout=400)
+        if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
     stats = json.load(open(out / STATS_FILE))
