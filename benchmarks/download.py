@@ -10,7 +10,8 @@ once and cached in --work-dir.
 
 Each job runs as its own subprocess, one after the other, while a sampler thread sums the memory
 of its whole process tree every 0.2 s. Throughput is input rows over the subprocess's wall time,
-start-up included (Ray's for ours, the process pool's for img2dataset). Contenders:
+start-up included (Ray's for ours, the process pool's for img2dataset); a 200-row list, run once
+per contender, shows what that fixed cost is. Contenders:
 
     ours                       python -m jobs.build_corpus (default: keeps the original bytes,
                                probes the header and verifies that the image decodes)
@@ -53,9 +54,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "_work"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "download.md"
 CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize")
+# (ours, theirs): the throughput ratios reported, each ours / theirs.
+RATIOS = (("ours", "img2dataset"), ("ours", "img2dataset-no-reencode"), ("ours-resize", "img2dataset"))
 SAMPLE_SECONDS = 0.2
 PSS_EVERY = 5  # PSS walks every mapping of every process: read it every 5th sample only
 PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --- the images and the list ---------------------------------------------------------------
@@ -188,14 +192,24 @@ http {{
 # --- memory of a process tree ---------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> tuple[int, int] | None:
-    """(parent pid, session id) from /proc/PID/stat; None if the process is gone."""
+def _stat_fields(pid: int) -> tuple[int, int, float] | None:
+    """(parent pid, session id, CPU seconds used) from /proc/PID/stat; None if the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     rest = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces and parens
-    return int(rest[1]), int(rest[3])
+    return int(rest[1]), int(rest[3]), (int(rest[11]) + int(rest[12])) / TICKS
+
+
+def tree_cpu_seconds(root: int) -> float:
+    return sum(fields[2] for pid in process_tree(root) if (fields := _stat_fields(pid)) is not None)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used since boot (every core; idle and iowait left out)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICKS  # user..steal; guest is inside user
 
 
 def process_tree(root: int) -> set[int]:
@@ -234,8 +248,9 @@ def _pss(pid: int) -> int:
     return 0
 
 
-class MemorySampler(threading.Thread):
-    """Peak of the summed RSS of a process tree (every 0.2 s) and of its summed PSS (every 1 s).
+class TreeSampler(threading.Thread):
+    """Peak of the summed RSS of a process tree (every 0.2 s), of its summed PSS (every 1 s), and
+    the CPU time its processes used (each process as last seen: a process's last 0.2 s is missed).
 
     RSS counts shared pages (Ray's object store, libraries) once per process that maps them, so the
     RSS sum overstates; PSS divides each shared page among its users and adds up to real use."""
@@ -244,12 +259,20 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.root = root
         self.peak_rss = self.peak_pss = self.peak_processes = 0
+        self._cpu: dict[int, float] = {}
         self._done = threading.Event()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu.values())
 
     def run(self) -> None:
         tick = 0
         while not self._done.is_set():
             pids = process_tree(self.root)
+            for pid in pids:
+                if (fields := _stat_fields(pid)) is not None:
+                    self._cpu[pid] = fields[2]
             self.peak_processes = max(self.peak_processes, len(pids))
             self.peak_rss = max(self.peak_rss, sum(_rss(pid) for pid in pids))
             if tick % PSS_EVERY == 0:
@@ -273,6 +296,13 @@ class Budget:
     shard_size: int
 
 
+def img2dataset_binary() -> str:
+    found = Path(sys.executable).parent / "img2dataset"
+    if not found.exists():
+        sys.exit(f"{found} not found: install img2dataset in this environment (pip install img2dataset)")
+    return str(found)
+
+
 def command(contender: str, url_list: Path, output: Path, budget: Budget) -> list[str]:
     if contender.startswith("ours"):
         cmd = [
@@ -284,7 +314,7 @@ def command(contender: str, url_list: Path, output: Path, budget: Budget) -> lis
         ]  # fmt: skip
         return cmd + (["--resize", "border", "--image-size", "256"] if contender == "ours-resize" else [])
     cmd = [
-        str(Path(sys.executable).parent / "img2dataset"),
+        img2dataset_binary(),
         "--url_list", str(url_list), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption",
         "--output_format", "webdataset", "--output_folder", str(output),
@@ -318,7 +348,9 @@ class Run:
     processes: int
     accounted: int
     kept: int
-    load: float  # 1-minute load average when the run started: other work on the machine
+    cpu: float  # CPU seconds the job's process tree used
+    server_cpu: float  # ... and nginx, serving it
+    other_cpu: float  # ... and every other process on the machine: the noise in this run's timing
     cmd: list[str] = field(repr=False)
 
     @property
@@ -326,7 +358,8 @@ class Run:
         return self.rows / self.wall
 
 
-def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: Budget) -> Run:
+def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: Budget, server: int) -> Run:
+    """server: the nginx master's pid, to tell the CPU its workers spend apart from other noise."""
     output = work_dir / "out" / contender
     shutil.rmtree(output, ignore_errors=True)  # ours resumes from an existing output: start clean
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -335,21 +368,27 @@ def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: B
     env.pop("RAY_ADDRESS", None)  # a fresh embedded Ray, never someone's cluster
     log_path = work_dir / "logs" / f"{contender}-{rows}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0]
+    busy, server_cpu, own_cpu = machine_busy_seconds(), tree_cpu_seconds(server), time.process_time()
     with open(log_path, "wb") as log:
         started = time.monotonic()
         process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        sampler = MemorySampler(process.pid)
+        sampler = TreeSampler(process.pid)
         sampler.start()
         code = process.wait()
         wall = time.monotonic() - started
         sampler.stop()
+    busy = machine_busy_seconds() - busy
+    server_cpu = tree_cpu_seconds(server) - server_cpu
+    other_cpu = max(0.0, busy - sampler.cpu_seconds - server_cpu - (time.process_time() - own_cpu))
     _reap_session(process.pid)
     if code != 0:
         sys.exit(f"{contender} exited with {code}; see {log_path}")
     accounted, kept = count_outputs(contender, output)
     shutil.rmtree(output, ignore_errors=True)
-    return Run(contender, rows, wall, sampler.peak_rss, sampler.peak_pss, sampler.peak_processes, accounted, kept, load, cmd)
+    return Run(
+        contender, rows, wall, sampler.peak_rss, sampler.peak_pss, sampler.peak_processes, accounted, kept,
+        sampler.cpu_seconds, server_cpu, other_cpu, cmd,
+    )  # fmt: skip
 
 
 def _reap_session(session: int) -> None:
@@ -398,7 +437,6 @@ def _mib(n: int) -> str:
 def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], missing: int) -> str:
     throughput = [r for r in runs if r.rows == args.urls]
     best = {c: max((r for r in throughput if r.contender == c), key=lambda r: r.urls_per_second) for c in dict.fromkeys(r.contender for r in throughput)}
-    ours = best.get("ours")
     lines = [
         "# Download benchmark: corpus builder vs img2dataset",
         "",
@@ -414,11 +452,13 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         f"same number of worker processes and of requests in flight per process. Both: timeout {args.timeout} s, "
         f"{args.shard_size} rows per shard, webdataset output.",
         f"- each run is a fresh subprocess; URLs/s = rows / its wall time, start-up included. "
-        f"{args.repeats} runs each, interleaved; the table shows the best run, the spread is in 'all runs'.",
+        f"{args.repeats} runs each, interleaved; the table shows the best run, the spread is in 'all runs'. "
+        "CPU seconds are sampled from /proc (a process's last 0.2 s can be missed); 'other processes' is "
+        "what the rest of the machine used meanwhile (2 cores give 2 CPU s per second): the noise.",
         "",
         f"## Throughput at {args.urls:,} URLs",
         "",
-        "| contender | what it does with each image | URLs/s (best) | all runs: URLs/s (load average at start) | ours / it | kept | peak RSS sum (MiB) | peak PSS sum (MiB) |",
+        "| contender | what it does with each image | URLs/s (best) | all runs: URLs/s (CPU s of other processes) | CPU s (job + nginx), best run | kept | peak RSS sum (MiB) | peak PSS sum (MiB) |",
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     what = {
@@ -428,18 +468,23 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "img2dataset-no-reencode": "`--disable_all_reencoding True`: original bytes, never decoded",
     }
     for contender, run in best.items():
-        spread = ", ".join(f"{r.urls_per_second:,.0f} ({r.load:.1f})" for r in throughput if r.contender == contender)
-        ratio = f"{ours.urls_per_second / run.urls_per_second:.2f}" if ours and contender != "ours" else ""
+        spread = ", ".join(f"{r.urls_per_second:,.0f} ({r.other_cpu:.0f})" for r in throughput if r.contender == contender)
         lines.append(
-            f"| {contender} | {what[contender]} | {run.urls_per_second:,.0f} | {spread} | {ratio} | {run.kept:,} | "
+            f"| {contender} | {what[contender]} | {run.urls_per_second:,.0f} | {spread} | "
+            f"{run.cpu:.0f} + {run.server_cpu:.0f} | {run.kept:,} | "
             f"{_mib(run.peak_rss)} | {_mib(run.peak_pss)} |"
         )
+    pairs = [(ours, theirs) for ours, theirs in RATIOS if ours in best and theirs in best]
+    if pairs:
+        lines += ["", "| ratio (best run / best run) | URLs/s |", "|---|---:|"]
+        lines += [f"| {ours} / {theirs} | {best[ours].urls_per_second / best[theirs].urls_per_second:.2f} |" for ours, theirs in pairs]
     lines += [
         "",
-        "## Peak memory as the list grows",
+        "## Wall time and peak memory by list size",
         "",
-        "Sum over the job's whole process tree (Ray: driver, raylet, GCS, workers; img2dataset: its pool). "
-        "Highest over the runs at that size.",
+        (f"The {args.startup_rows}-row runs show the fixed cost of starting and stopping each job. " if args.startup_rows else "")
+        + "Memory is summed over the job's whole process tree (Ray: driver, raylet, GCS, workers; img2dataset: its "
+        "pool), highest over the runs at that size; wall time is the fastest run.",
         "",
         "| contender | rows | wall (s) | URLs/s | peak RSS sum (MiB) | peak PSS sum (MiB) | processes |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -455,7 +500,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
             )
     lines += ["", "## Commands", "", f"`python {' '.join(sys.argv)}` ran:", ""]
     for contender in dict.fromkeys(r.contender for r in runs):
-        cmd = next(r.cmd for r in runs if r.contender == contender)
+        cmd = max((r for r in runs if r.contender == contender), key=lambda r: r.rows == args.urls).cmd
         lines.append(f"- {contender}: `{' '.join(_shorten(part) for part in cmd)}`")
     return "\n".join(lines) + "\n"
 
@@ -476,7 +521,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--urls", type=int, default=20_000, help="list size for the throughput comparison (default: %(default)s)")
     parser.add_argument("--sizes", type=_sizes, default=[20_000, 100_000], help="list sizes for peak memory, comma-separated (default: 20000,100000)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all)")
-    parser.add_argument("--memory-contenders", default="ours", help="who also runs at every --sizes (default: %(default)s)")
+    parser.add_argument("--memory-contenders", default="ours,img2dataset-no-reencode", help="who also runs at every --sizes (default: %(default)s)")
+    parser.add_argument("--startup-rows", type=int, default=200, help="a list this small, run once per contender, shows start-up and shut-down cost; 0: skip (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender at --urls (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="our --download-workers = img2dataset --processes_count (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=64, help="our --requests-per-worker = img2dataset --thread_count (default: %(default)s)")
@@ -498,31 +544,42 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     nginx_binary()  # fail before generating anything
+    if any(c.startswith("img2dataset") for c in args.contenders + args.memory_contenders):
+        img2dataset_binary()
     work_dir = args.work_dir.resolve()
     images_dir = work_dir / "images"
     print(f"images: {args.distinct_images} distinct JPEGs in {images_dir} ...", flush=True)
     image_sizes = make_images(images_dir, args.distinct_images)
     port = free_port()
     runs: list[Run] = []
-    with Nginx(work_dir, images_dir, port):
+    with Nginx(work_dir, images_dir, port) as server:
         lists, missing = {}, {}
-        for rows in sorted({args.urls, *args.sizes}):
+        for rows in sorted({args.urls, *args.sizes, *([args.startup_rows] if args.startup_rows else [])}):
             lists[rows] = work_dir / "lists" / f"urls-{rows}.parquet"
             lists[rows].parent.mkdir(parents=True, exist_ok=True)
             missing[rows] = write_url_list(lists[rows], rows, port, args.distinct_images, args.missing_fraction)
         budget = Budget(args.workers, args.requests, args.timeout, args.shard_size)
-        plan = [(c, args.urls) for _ in range(args.repeats) for c in args.contenders]  # interleaved
-        plan += [(c, rows) for c in args.memory_contenders for rows in args.sizes if rows != args.urls or c not in args.contenders]
+        plan = [(c, args.startup_rows) for c in args.contenders if args.startup_rows]
+        plan += [(c, args.urls) for _ in range(args.repeats) for c in args.contenders]  # interleaved
+        plan += [
+            (c, rows)
+            for c in args.memory_contenders
+            for rows in args.sizes
+            if rows != args.urls or c not in args.contenders or not args.repeats
+        ]
         for contender, rows in plan:
-            run = run_one(contender, lists[rows], rows, work_dir, budget)
+            run = run_one(contender, lists[rows], rows, work_dir, budget, server.process.pid)
             runs.append(run)
             print(
                 f"{contender:<24} {rows:>7} rows  {run.wall:6.1f} s  {run.urls_per_second:7,.0f} URLs/s  "
-                f"kept {run.kept:>7,}  peak RSS {_mib(run.peak_rss):>6} MiB  PSS {_mib(run.peak_pss):>6} MiB  load {run.load:.1f}",
+                f"kept {run.kept:>7,}  peak RSS {_mib(run.peak_rss):>6} MiB  PSS {_mib(run.peak_pss):>6} MiB  "
+                f"CPU s: job {run.cpu:.0f}, nginx {run.server_cpu:.0f}, others {run.other_cpu:.0f}",
                 flush=True,
             )
             if run.accounted != rows:
                 sys.exit(f"{contender} accounted for {run.accounted} rows of {rows}")
+            if run.kept != rows - missing[rows]:  # e.g. timeouts on a machine too busy to answer
+                print(f"warning: {contender} kept {run.kept} of the {rows - missing[rows]} images served", flush=True)
     markdown = report(runs, args, image_sizes, missing[args.urls])
     print()
     print(markdown)

@@ -149,7 +149,7 @@ def run(args) -> dict:
     started = time.monotonic()
     before = read_shard_stats(args.output)["input_rows"]
 
-    ds = fetch_and_filter(read(), options, dedup)
+    ds = fetch_and_filter(read(), options, dedup, cpus_per_worker=2)
     ds = ds.map_batches(
         prepare_for_model,
         fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},

@@ -28,7 +28,7 @@ class CorpusOptions:
     user_agent_token: str | None = None
     allow_networks: tuple[str, ...] = ()
     respect_robots_headers: bool = True
-    download_workers: int | None = None  # None: one per two CPUs of the cluster
+    download_workers: int | None = None  # None: one per CPU (jobs.label: one per two CPUs)
     requests_per_worker: int = 64
     # filters
     min_image_size: int = 0
@@ -96,7 +96,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--user-agent-token", dest="user_agent_token", default=d.user_agent_token, help="token added to our user agent; X-Robots-Tag directives scoped to it are honoured")
     g.add_argument("--allow-networks", dest="allow_networks", type=_networks, default=d.allow_networks, help="CIDR,... opened on top of public addresses (private, loopback, link-local, multicast and reserved ranges are refused by default)")
     g.add_argument("--ignore-robots-headers", dest="respect_robots_headers", action="store_false", help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex")
-    g.add_argument("--download-workers", dest="download_workers", type=_positive(int), default=d.download_workers, help="download actors, each with --requests-per-worker requests in flight and a decode thread (default: one per two CPUs)")
+    g.add_argument("--download-workers", dest="download_workers", type=_positive(int), default=d.download_workers, help="download actors, each with --requests-per-worker requests in flight and a decode thread (default: one per CPU; jobs.label: one per two CPUs)")
     g.add_argument("--requests-per-worker", dest="requests_per_worker", type=_positive(int), default=d.requests_per_worker, help="requests in flight per download actor (default: %(default)s)")
 
     g = parser.add_argument_group("filters")
