@@ -144,6 +144,10 @@ class FetchAndFilter:
         self.resizer = _resizer(options) if options.resize != "no" else None
         self.dedup = dedup
 
+    def __del__(self):
+        # Ray Data drops the UDF when the pool shuts down gracefully: close sockets and the loop.
+        self.fetcher.close()
+
     def _caption_rejection(self, caption) -> Rejection | None:
         return check_caption(
             caption,

@@ -192,3 +192,13 @@ def test_killed_run_resumes_without_duplicates(tmp_path, http_server):
     stats = json.load(open(out / STATS_FILE))
     # Workers of the killed run may still commit a shard in their last seconds: never more.
     assert stats["input_rows"] == 90 and stats["this_run"]["input_rows"] <= 90 - rows_before
+
+
+def test_bundled_example_list(tmp_path, monkeypatch):
+    """`make corpus-demo`: the example list's local paths are relative to the repository."""
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = str(tmp_path / "out")
+    assert build_corpus.main(["--input", "examples/urls.csv", "--output", out, "--allow-local-files"]) == 0
+    stats = json.load(open(os.path.join(out, STATS_FILE)))
+    assert stats["kept"] == 6
+    assert stats["rejected_by_reason"] == {R.FILE_NOT_FOUND: 1, R.INVALID_URL: 1, R.UNSUPPORTED_SCHEME: 1}
