@@ -24,7 +24,14 @@ from pipeline.writer import STATS_FILE
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 # Head and client agree on no token: the cluster listens on loopback only, inside the test.
-CLUSTER_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": "", "RAY_AUTH_MODE": "disabled"}
+# The job's `python` must be this environment's, as on a cluster whose nodes have the project.
+CLUSTER_ENV = {
+    **os.environ,
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ADDRESS": "",
+    "RAY_AUTH_MODE": "disabled",
+    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+}
 
 
 def free_port() -> int:
