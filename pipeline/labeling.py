@@ -67,6 +67,17 @@ def thumbnail(image) -> bytes:
     return buf.getvalue()
 
 
+def _reject(row: dict, rejection: Rejection) -> None:
+    row[schema.STATUS], row[schema.REASON], row[schema.ERROR_MESSAGE] = rejection.status, rejection.reason, rejection.message
+
+
+def _with_outcome_columns(table: pa.Table, rows: list[dict]) -> pa.Table:
+    """The rows' (possibly updated) status, reason and error_message, written back to the table."""
+    for name in (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE):
+        table = table.set_column(table.column_names.index(name), name, pa.array([r[name] for r in rows], pa.string()))
+    return table
+
+
 def prepare_for_model(table: pa.Table, model_dir: str, spec: TaskSpec, previews_per_batch: int) -> pa.Table:
     """CPU stage: decoded, resized pixels (uint8, 3 x S x S) and templated prompts per kept row.
 
@@ -82,13 +93,12 @@ def prepare_for_model(table: pa.Table, model_dir: str, spec: TaskSpec, previews_
     for row in rows:
         prepared = _prepare_row(row, processor, template, apply_template, spec, sum(t is not None for t in thumbs) < previews_per_batch)
         if isinstance(prepared, Rejection):
-            row[schema.STATUS], row[schema.REASON], row[schema.ERROR_MESSAGE] = prepared.status, prepared.reason, prepared.message
+            _reject(row, prepared)
             prepared = (None, None, None, None)
         for out, value in zip((pixels, prompts, phrases, thumbs), prepared):
             out.append(value)
     seconds = (time.perf_counter() - started) / max(1, len(rows))
-    for name in (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE):
-        table = table.set_column(table.column_names.index(name), name, pa.array([r[name] for r in rows], pa.string()))
+    table = _with_outcome_columns(table, rows)
     # The output's `caption` is the model's; the input's caption is kept beside it.
     table = table.drop_columns([schema.IMAGE_BYTES])
     table = table.rename_columns([schema.INPUT_PREFIX + n if n == schema.CAPTION else n for n in table.column_names])
@@ -231,18 +241,9 @@ class LabelModel:
         got = [labels.get(i, empty) for i in range(len(rows))]
         for i, label in labels.items():
             if label.rejection:
-                rows[i][schema.STATUS] = label.rejection.status
-                rows[i][schema.REASON] = label.rejection.reason
-                rows[i][schema.ERROR_MESSAGE] = label.rejection.message
+                _reject(rows[i], label.rejection)
         labelled = [i in labels and labels[i].rejection is None for i in range(len(rows))]
-        columns = {
-            schema.STATUS: pa.array([r[schema.STATUS] for r in rows], pa.string()),
-            schema.REASON: pa.array([r[schema.REASON] for r in rows], pa.string()),
-            schema.ERROR_MESSAGE: pa.array([r[schema.ERROR_MESSAGE] for r in rows], pa.string()),
-        }
-        for name, col in columns.items():
-            table = table.set_column(table.column_names.index(name), name, col)
-        table = table.drop_columns([schema.PIXEL_VALUES, schema.PHRASES, schema.PROMPTS])
+        table = _with_outcome_columns(table, rows).drop_columns([schema.PIXEL_VALUES, schema.PHRASES, schema.PROMPTS])
         field = {f.name: f.type for f in schema.LABEL_FIELDS}
         added = {
             schema.TASK: [self.spec.task] * len(rows),

@@ -76,15 +76,13 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
             schema.ORIGINAL_HEIGHT: info.height,
         }
     )
-    for check in (
-        lambda: check_area(info, options.max_image_area),
-        lambda: check_aspect_ratio(info, options.max_aspect_ratio),
-        lambda: check_size(info, options.min_image_size),
-    ):
-        rejection = check()
-        if rejection:
-            result.rejection = rejection
-            return result
+    result.rejection = (
+        check_area(info, options.max_image_area)
+        or check_aspect_ratio(info, options.max_aspect_ratio)
+        or check_size(info, options.min_image_size)
+    )
+    if result.rejection:
+        return result
     if resizer is None:
         result.rejection = verify_decodes(data, info)
         result.image = data
