@@ -47,7 +47,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         # Ray would otherwise kill idle task workers above num_cpus within a second and start a
         # new one for each write task (benchmarks/results/download.md: ~10% of wall at 100k rows).
         soft_limit = 2 * (num_cpus or os.cpu_count() or 1) + 6  # Ray's default: the CPU count
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _system_config={"num_workers_soft_limit": soft_limit})
+        # "local": never attach to a cluster that `ray start` left on this machine (ray.init's default)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config={"num_workers_soft_limit": soft_limit})
 
 
 def enable_resume(output_dir: str, key_column: str = schema.KEY) -> None:

@@ -26,7 +26,7 @@ NET_FLAGS = ["--timeout", "2", "--retries", "1", "--allow-networks", ",".join(TA
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
