@@ -102,16 +102,14 @@ def find_tokenizer_dir(model_dir: str | Path, tokenizer_dir: str | Path | None) 
 
 
 def load_tokenizer(model_dir: str | Path, tokenizer_dir: str | Path | None = None, cfg: ModelConfig | None = None):
-    """A transformers tokenizer from a local directory (the model's own when tokenizer_dir is None),
-    checked against the checkpoint's config (read from model_dir unless given)."""
+    """The tokenizer of a local directory (the model's own when tokenizer_dir is None), giving the
+    official code's ids and decoded text (model.tokenization), checked against the checkpoint's config.
+    Runs no code from the directory and never asks whether it may."""
     cfg = cfg or ModelConfig.from_json(model_dir)
     path = find_tokenizer_dir(model_dir, tokenizer_dir)
-    from transformers import AutoTokenizer  # heavy; only the model actor needs it
+    from model.tokenization import open_tokenizer  # sentencepiece / tokenizers: only the model actor needs them
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:  # transformers raises many kinds for a broken directory
-        raise CheckpointError(f"cannot load a tokenizer from {path}: {type(e).__name__}: {e}") from None
+    tokenizer = open_tokenizer(path)
     if len(tokenizer) > cfg.vocab_size or tokenizer.bos_token_id not in (None, cfg.bos_token_id):
         raise CheckpointError(
             f"tokenizer in {path} does not fit this checkpoint ({len(tokenizer)} tokens, bos "
