@@ -170,8 +170,8 @@ class SentencePieceTokenizer:
     def _encode_piece(self, chunk: str) -> list[int]:
         if self.legacy or not chunk.startswith((SPIECE_UNDERLINE, " ")):
             return self._sp.encode(chunk)
-        # without the dummy prefix sentencepiece drops a leading "▁"; transformers keeps it by encoding
-        # "<unk>" + chunk and removing the pieces of "<unk>"
+        # transformers encodes "<unk>" + chunk and removes the pieces of "<unk>", so that a model whose
+        # normalizer strips leading whitespace keeps it; on Llama-2's model both ways agree
         ids = self._no_prefix.encode(self._unk_prefix + chunk)
         return ids[self._unk_prefix_length:] if len(ids) >= self._unk_prefix_length else ids
 
