@@ -20,6 +20,7 @@ import time
 
 import ray
 
+from model.config import ROPE_PRECISIONS
 from pipeline import schema
 from pipeline.corpus import (
     LIGHT_TASK_CPUS,
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--top-p", dest="top_p", type=float, default=1.0, help="(default: %(default)s)")
     g.add_argument("--num-beams", dest="num_beams", type=int, default=1, help="(default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    g.add_argument("--rope-precision", dest="rope_precision", choices=ROPE_PRECISIONS, default="official",
+                   help="RoPE tables in bf16: as the official code builds them, or exact fp32 (README: RoPE numerics; default: %(default)s)")
 
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="images per model call (default: %(default)s)")
@@ -161,6 +164,7 @@ def run(args) -> dict:
     ds = ds.map_batches(
         LabelModel,
         fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
+        fn_constructor_kwargs={"rope_precision": args.rope_precision},
         batch_size=args.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -44,13 +44,15 @@ class VisualExpertModel:
         self._name = model_dir.resolve().name
 
     @classmethod
-    def load(cls, model_dir, tokenizer_dir=None, device=None, dtype=None) -> "VisualExpertModel":
-        """device default: cuda + bf16 if available, else cpu + fp32. Errors name what to fix."""
+    def load(cls, model_dir, tokenizer_dir=None, device=None, dtype=None, rope_precision="official") -> "VisualExpertModel":
+        """device default: cuda + bf16 if available, else cpu + fp32. Errors name what to fix.
+        rope_precision: "official" (default: RoPE tables as the official code builds them in the
+        model's dtype) or "fp32" (exact tables); the same in fp32 (README "RoPE numerics")."""
         model_dir = Path(model_dir)
         device, dtype = default_device_and_dtype(device, dtype)
         config = ModelConfig.from_json(model_dir)
         tokenizer = load_tokenizer(model_dir, tokenizer_dir, config)  # before the slow part: fail fast
-        return cls(load_model(model_dir, device, dtype), tokenizer, model_dir)
+        return cls(load_model(model_dir, device, dtype, rope_precision), tokenizer, model_dir)
 
     def describe(self) -> str:
         """Directory name and a short hash of config.json, e.g. "cogvlm-chat-hf@3f2a9c1b"."""

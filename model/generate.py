@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from model.config import ROPE_PRECISIONS
 from model.model import CogVLMForCausalLM, KVCache, rope_positions, vision_expert_mask
 from model.processor import build_input_ids
 
@@ -319,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--rope-precision", choices=ROPE_PRECISIONS, default="official",
+                        help="RoPE tables in bf16: as the official code builds them, or exact fp32 (default: %(default)s)")
     args = parser.parse_args(argv)
 
     from PIL import Image
@@ -329,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.num_beams, args.seed)
         image = Image.open(args.image)
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        vem = VisualExpertModel.load(args.model, args.tokenizer, device=args.device, dtype=dtype)
+        vem = VisualExpertModel.load(args.model, args.tokenizer, device=args.device, dtype=dtype, rope_precision=args.rope_precision)
     except (ValueError, OSError) as e:
         parser.error(str(e))
     pixels = vem.processor.preprocess(image)[None]

@@ -108,13 +108,14 @@ def check_checkpoint_dir(model_dir: str | Path) -> ModelConfig:
     return cfg
 
 
-def load_model(model_dir: str | Path, device=None, dtype=None) -> CogVLMForCausalLM:
+def load_model(model_dir: str | Path, device=None, dtype=None, rope_precision: str = "official") -> CogVLMForCausalLM:
+    """rope_precision: how the RoPE tables are built, "official" or "fp32" (CogVLMForCausalLM.init_rope)."""
     device, dtype = default_device_and_dtype(device, dtype)
     with ExitStack() as stack:
         _, model, found = open_checked(Path(model_dir), stack)
         state = {k: read().to(device=device, dtype=dtype) for k, (_, read) in found.items()}
     model.load_state_dict(state, strict=True, assign=True)
-    model.init_rope(device)  # non-persistent buffers were left on meta
+    model.init_rope(device, dtype, rope_precision)  # non-persistent buffers were left on meta
     return model.eval().requires_grad_(False)
 
 

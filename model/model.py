@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import COGVLM2, ModelConfig, VisionConfig
+from model.config import COGVLM2, ROPE_PRECISIONS, ModelConfig, VisionConfig
 
 LANGUAGE, VISION = 0, 1  # token types
 
@@ -320,14 +320,29 @@ class CogVLMForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.init_rope()
 
-    def init_rope(self, device=None) -> None:
-        """(Re)compute the RoPE tables, fp32, one row per position id; not part of the checkpoint."""
+    def init_rope(self, device=None, dtype: torch.dtype = torch.float32, precision: str = "official") -> None:
+        """(Re)compute the RoPE tables for weights of `dtype`, one row per position id; not part of the checkpoint.
+
+        "official": as the official code builds them (FastRotaryEmbedding with pos_idx_in_fp32=False):
+        inv_freq, the positions, their product and cos/sin all in `dtype`. In bf16 the positions round
+        (257 -> 256, 301 -> 300) and the angles drift; the released weights were trained and demoed
+        that way (README "RoPE numerics"). "fp32": exact fp32 tables, cast where applied. For fp32
+        weights the two are the same tables.
+        """
+        if precision not in ROPE_PRECISIONS:
+            raise ValueError(f"unknown RoPE precision {precision!r}; expected one of {ROPE_PRECISIONS}")
         cfg = self.config
+        table_dtype = dtype if precision == "official" else torch.float32
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-        angles = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq
+        inv_freq = inv_freq.to(table_dtype)  # official: the fp32 buffer cast with the weights at load
+        # each position rounded from fp32, as CUDA's arange in bf16 gives them (the official code runs on CUDA;
+        # CPU's vectorized bf16 arange drifts from that above 4096)
+        positions = torch.arange(cfg.max_position_embeddings, device=device).float().to(table_dtype)
+        angles = torch.outer(positions, inv_freq)  # product in table_dtype, as the official code takes it
         angles = torch.cat([angles, angles], dim=-1)  # [positions, D], rotate-half layout
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.rope_precision = precision
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:  # [N, 3, S, S] -> [N, image tokens, H]
         return self.model.vision(pixel_values.to(self.lm_head.weight.dtype))

@@ -176,14 +176,15 @@ def box_dicts(parsed) -> list[dict]:
 class LabelModel:
     """Actor: the model loaded once; labels the kept rows of each batch."""
 
-    def __init__(self, model_dir: str, tokenizer_dir: str | None, spec: TaskSpec, settings, cpu_threads: int | None = None):
+    def __init__(self, model_dir: str, tokenizer_dir: str | None, spec: TaskSpec, settings, cpu_threads: int | None = None,
+                 rope_precision: str = "official"):
         import torch
 
         from model.api import VisualExpertModel
 
         if cpu_threads:  # CPU actors: Ray sets one thread per logical CPU, often a fraction
             torch.set_num_threads(cpu_threads)
-        self.model = VisualExpertModel.load(model_dir, tokenizer_dir)
+        self.model = VisualExpertModel.load(model_dir, tokenizer_dir, rope_precision=rope_precision)
         self.spec = spec
         self.settings = settings
         self.model_name = self.model.describe()

@@ -164,3 +164,11 @@ def test_job_level_mistakes_fail_fast(tmp_path, models, url_list, capsys):
         assert label.main(["--input", inputs, "--output", str(tmp_path / "out"), *flags]) == 2
         assert needle in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out" / SHARDS_DIR)
+
+
+def test_rope_precision_flag():
+    base = ["--input", "x", "--output", "y", "--model", "m"]
+    assert label.parse_args(base).rope_precision == "official"
+    assert label.parse_args([*base, "--rope-precision", "fp32"]).rope_precision == "fp32"
+    with pytest.raises(SystemExit):
+        label.parse_args([*base, "--rope-precision", "bf16"])

@@ -43,7 +43,7 @@ def test_bf16_load_gives_bf16_parameters_and_runs(tiny_dir):
     for k, p in vem.model.state_dict().items():
         assert p.dtype == torch.bfloat16, k
         assert torch.equal(p, expected[k].to(torch.bfloat16)), k
-    assert vem.model.rope_cos.dtype == torch.float32  # RoPE tables stay fp32
+    assert vem.model.rope_cos.dtype == torch.bfloat16  # official RoPE tables: built in bf16 (test_rope.py)
     pixels = torch.zeros(1, 3, vem.config.vision.image_size, vem.config.vision.image_size)
     [out] = vem.generate(pixels, [vem.build_prompt("hi")], settings=GenerationSettings(max_new_tokens=3))
     assert 0 < len(out.token_ids) <= 3 or out.finish_reason == "eos"

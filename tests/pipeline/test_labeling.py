@@ -145,3 +145,13 @@ def test_rows_rejected_upstream_pass_through_untouched():
     out = s(table).to_pylist()[0]
     assert out[schema.STATUS] == schema.Status.FAILED_TO_DOWNLOAD and out[schema.TEXT] is None
     assert s.model.calls == []
+
+
+def test_the_actor_loads_the_model_with_the_rope_precision_asked_for(tmp_path):
+    from model.tiny import write_tiny_checkpoint
+
+    model_dir = str(write_tiny_checkpoint(tmp_path, "cogvlm"))
+    spec = TaskSpec("caption")
+    assert LabelModel(model_dir, None, spec, GenerationSettings()).model.model.rope_precision == "official"
+    actor = LabelModel(model_dir, None, spec, GenerationSettings(), rope_precision="fp32")
+    assert actor.model.model.rope_precision == "fp32"
