@@ -2,6 +2,7 @@
 
 - `model.api`: what jobs use (`VisualExpertModel`, `GenerationSettings`, `Generation`).
 - `model.processor`: image preprocessing and prompt templates, usable without torch or weights.
+- `model.tokenization`: text <-> ids as the official code gets them (sentencepiece / tokenizers, no transformers).
 - `model.config`, `model.model`, `model.loading`, `model.generate`: config, modules, strict loading, decoding.
 - `model.tiny`: tiny random checkpoints in the released layout, for tests and dry runs.
 

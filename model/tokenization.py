@@ -206,7 +206,8 @@ class SentencePieceTokenizer:
 class FastTokenizer:
     """A `tokenizer.json` run by the `tokenizers` library, as transformers' PreTrainedTokenizerFast
     runs it: ids straight from the file's pipeline; decode then, if the config asks for
-    `clean_up_tokenization_spaces` (Llama-3's does; 4.x's default is true), its clean-up."""
+    `clean_up_tokenization_spaces` (Llama-3's does; absent, it is on, as in the 4.40-4.44 versions
+    the official code ran with), its clean-up."""
 
     def __init__(self, tokenizer_file: Path, config: dict):
         from tokenizers import AddedToken, Tokenizer
@@ -262,11 +263,13 @@ def open_tokenizer(path: Path):
     config = read_tokenizer_config(path)
     tokenizer_class = config.get("tokenizer_class")
     model_file, json_file = path / "tokenizer.model", path / "tokenizer.json"
-    if model_file.is_file() and (tokenizer_class in LLAMA_SLOW_CLASSES or not json_file.is_file()):
+    if model_file.is_file() and (
+        tokenizer_class in LLAMA_SLOW_CLASSES or (tokenizer_class is None and not json_file.is_file())
+    ):
         return SentencePieceTokenizer(model_file, config)
     if json_file.is_file():
         return FastTokenizer(json_file, config)
     raise CheckpointError(
-        f"{path} holds neither a sentencepiece tokenizer.model nor a tokenizer.json "
+        f"{path} holds neither a sentencepiece tokenizer.model nor a tokenizer.json that this project reads "
         f"(tokenizer_class {tokenizer_class!r})"
     )
