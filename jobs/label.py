@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num-beams", dest="num_beams", type=int, default=1, help="(default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     g.add_argument("--rope-precision", dest="rope_precision", choices=ROPE_PRECISIONS, default="official",
-                   help="RoPE tables in bf16: as the official code builds them, or exact fp32 (README: RoPE numerics; default: %(default)s)")
+                   help="RoPE tables in bf16: official (the official code with its module in bf16), hf (as its Hugging Face demos load it), fp32 (exact); README: RoPE numerics (default: %(default)s)")
 
     g = p.add_argument_group("execution")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="images per model call (default: %(default)s)")

@@ -46,8 +46,8 @@ class VisualExpertModel:
     @classmethod
     def load(cls, model_dir, tokenizer_dir=None, device=None, dtype=None, rope_precision="official") -> "VisualExpertModel":
         """device default: cuda + bf16 if available, else cpu + fp32. Errors name what to fix.
-        rope_precision: "official" (default: RoPE tables as the official code builds them in the
-        model's dtype) or "fp32" (exact tables); the same in fp32 (README "RoPE numerics")."""
+        rope_precision: how the RoPE tables are built in bf16, "official" (default), "hf" or "fp32";
+        all the same in fp32 (CogVLMForCausalLM.init_rope, README "RoPE numerics")."""
         model_dir = Path(model_dir)
         device, dtype = default_device_and_dtype(device, dtype)
         config = ModelConfig.from_json(model_dir)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COGVLM, COGVLM2 = "cogvlm", "cogvlm2"
-# How the RoPE tables are built (CogVLMForCausalLM.init_rope): as the official code does in the
-# weights' dtype (the default), or exact fp32. A run-time choice, not a checkpoint fact.
-ROPE_PRECISIONS = ("official", "fp32")
+# How the RoPE tables are built (CogVLMForCausalLM.init_rope): as the official code does with its
+# module in the weights' dtype (the default), as the official Hugging Face demos load it, or exact
+# fp32. A run-time choice, not a checkpoint fact (README "RoPE numerics").
+ROPE_PRECISIONS = ("official", "hf", "fp32")
 LLAMA3_VOCAB_SIZE, LLAMA3_BOS = 128256, 128000
 
 

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bf16 on cuda, fp32 on cpu")
     parser.add_argument("--rope-precision", choices=ROPE_PRECISIONS, default="official",
-                        help="RoPE tables in bf16: as the official code builds them, or exact fp32 (default: %(default)s)")
+                        help="RoPE tables in bf16: official, hf or fp32 (README: RoPE numerics; default: %(default)s)")
     args = parser.parse_args(argv)
 
     from PIL import Image

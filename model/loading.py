@@ -109,7 +109,7 @@ def check_checkpoint_dir(model_dir: str | Path) -> ModelConfig:
 
 
 def load_model(model_dir: str | Path, device=None, dtype=None, rope_precision: str = "official") -> CogVLMForCausalLM:
-    """rope_precision: how the RoPE tables are built, "official" or "fp32" (CogVLMForCausalLM.init_rope)."""
+    """rope_precision: how the RoPE tables are built, one of ROPE_PRECISIONS (CogVLMForCausalLM.init_rope)."""
     device, dtype = default_device_and_dtype(device, dtype)
     with ExitStack() as stack:
         _, model, found = open_checked(Path(model_dir), stack)

@@ -323,18 +323,22 @@ class CogVLMForCausalLM(nn.Module):
     def init_rope(self, device=None, dtype: torch.dtype = torch.float32, precision: str = "official") -> None:
         """(Re)compute the RoPE tables for weights of `dtype`, one row per position id; not part of the checkpoint.
 
-        "official": as the official code builds them (FastRotaryEmbedding with pos_idx_in_fp32=False):
-        inv_freq, the positions, their product and cos/sin all in `dtype`. In bf16 the positions round
-        (257 -> 256, 301 -> 300) and the angles drift; the released weights were trained and demoed
-        that way (README "RoPE numerics"). "fp32": exact fp32 tables, cast where applied. For fp32
-        weights the two are the same tables.
+        "official": as the official code builds them (FastRotaryEmbedding with pos_idx_in_fp32=False)
+        with its module cast to `dtype`: inv_freq, the positions, their product and cos/sin all in
+        `dtype`. In bf16 the positions round (257 -> 256, 301 -> 300) and the angles drift; the
+        released weights were trained that way. "hf": as the official Hugging Face demos run it:
+        from_pretrained keeps the buffer fp32 but fills it with the stored inv_freq rounded to
+        `dtype`, so fp32 positions times a rounded inv_freq. "fp32": exact fp32 tables. All are cast
+        to the activations' dtype where applied; for fp32 weights all are the same tables.
         """
         if precision not in ROPE_PRECISIONS:
             raise ValueError(f"unknown RoPE precision {precision!r}; expected one of {ROPE_PRECISIONS}")
         cfg = self.config
         table_dtype = dtype if precision == "official" else torch.float32
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-        inv_freq = inv_freq.to(table_dtype)  # official: the fp32 buffer cast with the weights at load
+        if precision != "fp32":  # the fp32 formula's values rounded as a load in `dtype` rounds the buffer
+            inv_freq = inv_freq.to(dtype)
+        inv_freq = inv_freq.to(table_dtype)
         # each position rounded from fp32, as CUDA's arange in bf16 gives them (the official code runs on CUDA;
         # CPU's vectorized bf16 arange drifts from that above 4096)
         positions = torch.arange(cfg.max_position_embeddings, device=device).float().to(table_dtype)

@@ -1,5 +1,6 @@
-"""RoPE tables: "official" (bf16 inv_freq, bf16 positions, bf16 angles, as the official code builds them in a
-bf16 model) and "fp32" (exact), each against tables computed here in numpy; and both through the loader."""
+"""RoPE tables: "official" (bf16 inv_freq, bf16 positions, bf16 angles, as the official code builds them with its
+module in bf16), "hf" (fp32 positions, bf16-rounded inv_freq, as its Hugging Face demos load it) and "fp32"
+(exact), each against tables computed here in numpy; and through the loader."""
 
 from __future__ import annotations
 
@@ -22,13 +23,16 @@ def bf16(x) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-def reference_angles(base: float, dim: int, positions: int, rounded: bool) -> np.ndarray:
-    """[positions, dim/2] angles; rounded: inv_freq, positions and each product rounded to bf16."""
+def reference_angles(base: float, dim: int, positions: int, rounded: str) -> np.ndarray:
+    """[positions, dim/2] angles. rounded "all": inv_freq, positions and each product rounded to bf16;
+    "inv_freq": only inv_freq; "none": exact."""
     inv_freq = (1.0 / base ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim))).astype(np.float32)
     t = np.arange(positions, dtype=np.float32)
-    if not rounded:
-        return np.outer(t.astype(np.float64), inv_freq.astype(np.float64))
-    return bf16(np.outer(bf16(t), bf16(inv_freq)))  # a bf16 x bf16 product is exact in float32
+    if rounded == "all":
+        return bf16(np.outer(bf16(t), bf16(inv_freq)))  # a bf16 x bf16 product is exact in float32
+    if rounded == "inv_freq":
+        inv_freq = bf16(inv_freq)
+    return np.outer(t.astype(np.float64), inv_freq.astype(np.float64))
 
 
 def real_model_tables(name: str, dtype: torch.dtype, precision: str):
@@ -45,7 +49,7 @@ def real_model_tables(name: str, dtype: torch.dtype, precision: str):
 def test_official_bf16_tables_equal_a_bf16_computation_done_here(name):
     cfg, cos, sin = real_model_tables(name, torch.bfloat16, "official")
     assert cos.dtype == sin.dtype == torch.bfloat16 and cos.shape == (cfg.max_position_embeddings, cfg.head_dim)
-    angles = reference_angles(cfg.rope_base, cfg.head_dim, cfg.max_position_embeddings, rounded=True)
+    angles = reference_angles(cfg.rope_base, cfg.head_dim, cfg.max_position_embeddings, rounded="all")
     for table, fn in ((cos, np.cos), (sin, np.sin)):
         ours = table.float().numpy()
         np.testing.assert_array_equal(ours[:, : cfg.head_dim // 2], ours[:, cfg.head_dim // 2 :])  # rotate-half
@@ -58,10 +62,11 @@ def test_official_bf16_tables_equal_a_bf16_computation_done_here(name):
 
 
 @pytest.mark.parametrize("name", ["v1", "v2"])
-def test_fp32_tables_equal_exact_rope(name):
-    cfg, cos, sin = real_model_tables(name, torch.bfloat16, "fp32")
+@pytest.mark.parametrize("precision,rounded", [("fp32", "none"), ("hf", "inv_freq")])
+def test_fp32_position_tables_equal_rope_on_exact_or_rounded_inv_freq(name, precision, rounded):
+    cfg, cos, sin = real_model_tables(name, torch.bfloat16, precision)
     assert cos.dtype == torch.float32
-    angles = reference_angles(cfg.rope_base, cfg.head_dim, cfg.max_position_embeddings, rounded=False)
+    angles = reference_angles(cfg.rope_base, cfg.head_dim, cfg.max_position_embeddings, rounded=rounded)
     # fp32 angle p * inv_freq is off by at most ~p * 2^-24 rad (plus the pow's ulp in inv_freq)
     tolerance = 1e-6 + 4 * 2.0**-24 * np.arange(cfg.max_position_embeddings)[:, None]
     assert (np.abs(cos.numpy()[:, : cfg.head_dim // 2] - np.cos(angles)) <= tolerance).all()
@@ -87,10 +92,11 @@ def test_official_and_fp32_differ_in_bf16_as_the_spec_measures():
     assert 0.05 < gap[: 65].max() < 0.2 and gap[300:].max() > 0.9
 
 
-def test_in_fp32_both_precisions_are_the_same_tables():
-    _, cos_a, sin_a = real_model_tables("v1", torch.float32, "official")
-    _, cos_b, sin_b = real_model_tables("v1", torch.float32, "fp32")
-    assert torch.equal(cos_a, cos_b) and torch.equal(sin_a, sin_b)
+def test_in_fp32_every_precision_gives_the_same_tables():
+    _, cos_a, sin_a = real_model_tables("v1", torch.float32, "fp32")
+    for precision in ("official", "hf"):
+        _, cos_b, sin_b = real_model_tables("v1", torch.float32, precision)
+        assert torch.equal(cos_a, cos_b) and torch.equal(sin_a, sin_b)
 
 
 def test_unknown_precision_is_refused():
