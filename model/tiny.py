@@ -119,7 +119,9 @@ def write_tokenizer(variant: str, out: Path) -> None:
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens(specials)
     tokenizer.save(str(out / "tokenizer.json"))
-    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 2048, **tok_config}
+    # explicit: transformers' default for a config without it changed (true up to 4.44, false from 4.45)
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 2048,
+                  "clean_up_tokenization_spaces": False, **tok_config}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
 
 
