@@ -111,7 +111,7 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
     result.values.update({schema.WIDTH: info.width, schema.HEIGHT: info.height})
     if resizer is None and stored_as_is:
         result.rejection = Rejection.of(verify_decodes(data, info))
-        result.image = data
+        result.image = None if result.rejection else data
         return result
     if resizer is None:
         png = reencode_png(data, info)
