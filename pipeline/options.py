@@ -84,6 +84,23 @@ def _positive(kind):
     return parse
 
 
+def number(kind, *, at_least=None, above=None, at_most=None):
+    """An argparse type: `kind(text)` within the given bounds, else a message saying which."""
+
+    def parse(text: str):
+        value = kind(text)
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be above {above}, got {text}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
+
+
 def _non_negative(kind):
     def parse(text: str):
         value = kind(text)
