@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 from dataclasses import dataclass, fields
 
 from pipeline.download import DownloadOptions
@@ -75,13 +76,7 @@ def _networks(text: str) -> tuple[str, ...]:
 
 
 def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
+    return number(kind, above=0)
 
 
 def number(kind, *, at_least=None, above=None, at_most=None):
@@ -89,6 +84,8 @@ def number(kind, *, at_least=None, above=None, at_most=None):
 
     def parse(text: str):
         value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if at_least is not None and value < at_least:
             raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
         if above is not None and value <= above:
@@ -98,16 +95,6 @@ def number(kind, *, at_least=None, above=None, at_most=None):
         return value
 
     parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
-    return parse
-
-
-def _non_negative(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
     return parse
 
 
@@ -127,9 +114,9 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("download")
     g.add_argument("--timeout", type=_positive(float), default=d.timeout, help="total seconds per URL: connect, headers, body, retries (default: %(default)s)")
-    g.add_argument("--retries", type=_non_negative(int), default=d.retries, help="extra attempts on 429, 5xx, resets and timeouts, with backoff (default: %(default)s)")
+    g.add_argument("--retries", type=number(int, at_least=0), default=d.retries, help="extra attempts on 429, 5xx, resets and timeouts, with backoff (default: %(default)s)")
     g.add_argument("--max-bytes", dest="max_bytes", type=_positive(int), default=d.max_bytes, help="largest body accepted, after decompression (default: 32 MiB)")
-    g.add_argument("--max-redirects", dest="max_redirects", type=_non_negative(int), default=d.max_redirects, help="(default: %(default)s)")
+    g.add_argument("--max-redirects", dest="max_redirects", type=number(int, at_least=0), default=d.max_redirects, help="(default: %(default)s)")
     g.add_argument("--user-agent-token", dest="user_agent_token", default=d.user_agent_token, help="token added to our user agent; X-Robots-Tag directives scoped to it are honoured")
     g.add_argument("--allow-networks", dest="allow_networks", type=_networks, default=d.allow_networks, help="CIDR,... opened on top of public addresses (private, loopback, link-local, multicast and reserved ranges are refused by default)")
     g.add_argument("--ignore-robots-headers", dest="respect_robots_headers", action="store_false", help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex")
@@ -137,11 +124,11 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--requests-per-worker", dest="requests_per_worker", type=_positive(int), default=d.requests_per_worker, help="requests in flight per download actor (default: %(default)s)")
 
     g = parser.add_argument_group("filters")
-    g.add_argument("--min-image-size", dest="min_image_size", type=_non_negative(int), default=d.min_image_size, help="drop images whose shorter side is below this many pixels (default: %(default)s)")
+    g.add_argument("--min-image-size", dest="min_image_size", type=number(int, at_least=0), default=d.min_image_size, help="drop images whose shorter side is below this many pixels (default: %(default)s)")
     g.add_argument("--max-image-area", dest="max_image_area", type=_positive(int), default=d.max_image_area, help="drop images with more pixels, decided from the header without decoding (default: %(default)s)")
     g.add_argument("--max-aspect-ratio", dest="max_aspect_ratio", type=_positive(float), default=d.max_aspect_ratio, help="drop images wider than R:1 or taller than 1:R; exactly R is kept (default: %(default)s)")
     g.add_argument("--drop-empty-captions", dest="drop_empty_captions", action="store_true", help="drop rows whose caption is missing or blank")
-    g.add_argument("--min-caption-words", dest="min_caption_words", type=_non_negative(int), default=d.min_caption_words, help="(default: %(default)s)")
+    g.add_argument("--min-caption-words", dest="min_caption_words", type=number(int, at_least=0), default=d.min_caption_words, help="(default: %(default)s)")
     g.add_argument("--max-caption-length", dest="max_caption_length", type=_positive(int), default=d.max_caption_length, help="in characters (default: no limit)")
     g.add_argument("--dedup", action="store_true", help="keep one copy of images with identical bytes (sha256)")
 

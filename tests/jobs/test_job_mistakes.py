@@ -22,12 +22,15 @@ CASES = [
     (label, ["--actors", "0"], "--actors: must be at least 1, got 0"),
     (label, ["--previews-per-shard", "-1"], "--previews-per-shard: must be at least 0, got -1"),
     (label, ["--batch-size", "eight"], "--batch-size: invalid int value: 'eight'"),
-    (label, ["--retries", "-1"], "--retries: must be >= 0, got -1"),
+    (label, ["--retries", "-1"], "--retries: must be at least 0, got -1"),
     (label, ["--other-formats", "bmp"], "--other-formats: invalid choice: 'bmp'"),
+    (label, ["--temperature", "nan"], "--temperature: must be a finite number, got nan"),
+    (build_corpus, ["--max-aspect-ratio", "nan"], "--max-aspect-ratio: must be a finite number, got nan"),
+    (build_corpus, ["--timeout", "0"], "--timeout: must be above 0, got 0"),
     (build_corpus, ["--num-cpus", "0"], "--num-cpus: must be at least 1, got 0"),
-    (build_corpus, ["--max-redirects", "-2"], "--max-redirects: must be >= 0, got -2"),
-    (build_corpus, ["--min-image-size", "-5"], "--min-image-size: must be >= 0, got -5"),
-    (build_corpus, ["--min-caption-words", "-1"], "--min-caption-words: must be >= 0, got -1"),
+    (build_corpus, ["--max-redirects", "-2"], "--max-redirects: must be at least 0, got -2"),
+    (build_corpus, ["--min-image-size", "-5"], "--min-image-size: must be at least 0, got -5"),
+    (build_corpus, ["--min-caption-words", "-1"], "--min-caption-words: must be at least 0, got -1"),
 ]
 
 
