@@ -88,17 +88,19 @@ def prepare_output(output: str, job: str, settings: dict, overwrite: bool = Fals
     """Check `settings` against those recorded in `output` and record them; before Ray starts.
 
     Raises InputError (exit 2) when the output holds rows made with other settings, or results
-    that recorded none, unless `overwrite`, which deletes the output's contents first.
+    that recorded none, unless `overwrite`, which deletes the output's contents first. An output
+    holding only its settings (a run that stopped before it started) takes the new ones.
     """
     wanted = json.loads(json.dumps({"format": FORMAT, "job": job, **settings}))  # as read back
     try:
         fs, root = output_filesystem(output)
         names = _entries(fs, root)
+        has_results = bool(names & (set(OUR_ENTRIES) - {SETTINGS_FILE}))  # settings alone make no stale rows
         if overwrite and names:
             if not names & set(OUR_ENTRIES):
                 raise InputError(f"--output {output} holds files that are not an output of ours; --overwrite deletes only our outputs")
             fs.delete_dir_contents(root)
-        elif SETTINGS_FILE in names:
+        elif has_results and SETTINGS_FILE in names:
             recorded = _read_json(fs, posixpath.join(root, SETTINGS_FILE))
             changed = differences(recorded, wanted)
             if changed:
@@ -107,7 +109,7 @@ def prepare_output(output: str, job: str, settings: dict, overwrite: bool = Fals
                     "re-run with the same settings, choose another --output, or add --overwrite to start it afresh"
                 )
             return
-        elif names & set(OUR_ENTRIES):
+        elif has_results:
             raise InputError(
                 f"--output {output} holds results but no {SETTINGS_FILE} (written before settings were recorded): "
                 "choose another --output, or add --overwrite to start it afresh"

@@ -59,6 +59,7 @@ CHANGES = [
 def test_other_settings_are_refused_naming_the_differences(tmp_path, change, words):
     out = str(tmp_path / "out")
     prepare_output(out, "build_corpus", corpus_settings(CorpusOptions(min_image_size=64)))
+    (tmp_path / "out" / "shards").mkdir()
     changed = dataclasses.replace(CorpusOptions(min_image_size=64), **change)
     with pytest.raises(InputError) as refused:
         prepare_output(out, "build_corpus", corpus_settings(changed))
@@ -66,9 +67,17 @@ def test_other_settings_are_refused_naming_the_differences(tmp_path, change, wor
     assert words in message and "--overwrite" in message and "\n" not in message
 
 
+def test_an_output_without_rows_takes_new_settings(tmp_path):
+    out = tmp_path / "out"
+    prepare_output(str(out), "build_corpus", {"min_image_size": 64})  # then the run stopped before Ray
+    prepare_output(str(out), "build_corpus", {"min_image_size": 8})
+    assert json.loads((out / SETTINGS_FILE).read_text())["min_image_size"] == 8
+
+
 def test_another_job_into_the_same_output_is_refused(tmp_path):
     out = str(tmp_path / "out")
     prepare_output(out, "build_corpus", corpus_settings(CorpusOptions()))
+    (tmp_path / "out" / "_run").write_text("a run")
     with pytest.raises(InputError, match='job: "build_corpus" -> "label"'):
         prepare_output(out, "label", corpus_settings(CorpusOptions()))
 
@@ -117,6 +126,7 @@ def test_output_that_is_a_file_or_a_broken_settings_file(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / SETTINGS_FILE).write_text("")  # a 0-byte file left by a full disk
+    (out / "shards").mkdir()
     with pytest.raises(InputError, match="not valid JSON"):
         prepare_output(str(out), "build_corpus", {})
     prepare_output(str(out), "build_corpus", {}, overwrite=True)
@@ -125,6 +135,7 @@ def test_output_that_is_a_file_or_a_broken_settings_file(tmp_path):
 def test_relative_paths_and_file_uris(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     prepare_output("rel/out", "build_corpus", {"a": 1})
+    (tmp_path / "rel" / "out" / "_run").write_text("a run")
     prepare_output(f"file://{tmp_path}/rel/out", "build_corpus", {"a": 1})  # the same output
     with pytest.raises(InputError, match="a: 1 -> 2"):
         prepare_output(f"file://{tmp_path}/rel/out", "build_corpus", {"a": 2})
@@ -135,11 +146,12 @@ def test_any_pyarrow_filesystem(monkeypatch):
     fs = pafs._MockFileSystem()
     monkeypatch.setattr(settings_module, "output_filesystem", lambda output: (fs, "bucket/out"))
     prepare_output("mem://bucket/out", "label", {"task": "caption"})
+    fs.create_dir("bucket/out/shards")
     assert json.loads(fs.open_input_stream("bucket/out/settings.json").read())["task"] == "caption"
     with pytest.raises(InputError, match='task: "caption" -> "vqa"'):
         prepare_output("mem://bucket/out", "label", {"task": "vqa"})
     prepare_output("mem://bucket/out", "label", {"task": "vqa"}, overwrite=True)
-    assert [i.path for i in fs.get_file_info(pafs.FileSelector("bucket/out"))] == ["bucket/out/settings.json"]
+    assert [i.path for i in fs.get_file_info(pafs.FileSelector("bucket/out"))] == ["bucket/out/settings.json"]  # shards/ gone
 
 
 def test_s3_output_on_a_loopback_s3_server(tmp_path, monkeypatch):
@@ -155,6 +167,7 @@ def test_s3_output_on_a_loopback_s3_server(tmp_path, monkeypatch):
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="corpus")
         uri = f"s3://corpus/run1?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
         prepare_output(uri, "build_corpus", {"min_image_size": 64})
+        boto3.client("s3", endpoint_url=endpoint).put_object(Bucket="corpus", Key="run1/_run", Body=b"a run")
         prepare_output(uri, "build_corpus", {"min_image_size": 64})
         with pytest.raises(InputError, match="min_image_size: 64 -> 8"):
             prepare_output(uri, "build_corpus", {"min_image_size": 8})
@@ -173,6 +186,7 @@ def test_label_settings_name_the_checkpoint_as_the_model_column_does(tmp_path):
     assert recorded["generation"]["max_new_tokens"] == 6
     out = str(tmp_path / "out")
     prepare_output(out, "label", recorded)
+    (tmp_path / "out" / "_run").write_text("a run")
     beams = label_settings(CorpusOptions(), spec, "chat", str(model_dir), None, GenerationSettings(max_new_tokens=6, num_beams=3))
     with pytest.raises(InputError, match="generation.num_beams: 1 -> 3"):
         prepare_output(out, "label", beams)
