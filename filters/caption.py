@@ -9,7 +9,7 @@ A caption that is not a string (None, or a NaN from a pandas column) counts as e
 
 from __future__ import annotations
 
-from pipeline.schema import Reason, Rejection
+from filters.findings import Finding, Problem
 
 
 def check_caption(
@@ -18,13 +18,13 @@ def check_caption(
     drop_empty: bool = False,
     min_words: int = 0,
     max_length: int | None = None,
-) -> Rejection | None:
+) -> Finding | None:
     text = caption if isinstance(caption, str) else ""
     if drop_empty and not text.strip():
-        return Rejection(Reason.CAPTION_EMPTY, "caption is missing or blank")
+        return Finding(Problem.CAPTION_EMPTY, "caption is missing or blank")
     words = len(text.split())
     if words < min_words:
-        return Rejection(Reason.CAPTION_TOO_SHORT, f"{words} words below {min_words}")
+        return Finding(Problem.CAPTION_TOO_SHORT, f"{words} words below {min_words}")
     if max_length is not None and len(text) > max_length:
-        return Rejection(Reason.CAPTION_TOO_LONG, f"{len(text)} characters above {max_length}")
+        return Finding(Problem.CAPTION_TOO_LONG, f"{len(text)} characters above {max_length}")
     return None

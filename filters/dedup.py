@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from pipeline.schema import Reason, Rejection
+from filters.findings import Finding, Problem
 
 
 def content_sha256(data: bytes) -> str:
@@ -12,5 +12,5 @@ def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def duplicate_rejection(sha: str, first_key: str) -> Rejection:
-    return Rejection(Reason.DUPLICATE, f"same bytes as row {first_key} (sha256 {sha})")
+def duplicate_finding(sha: str, first_key: str) -> Finding:
+    return Finding(Problem.DUPLICATE, f"same bytes as row {first_key} (sha256 {sha})")

@@ -1,7 +1,7 @@
 """Image filters: read the header, judge the size, verify or fully decode the pixels.
 
 Every function takes bytes or values and returns a result; none raises on bad input.
-A `Rejection` says why a row is dropped and `None` means it passes.
+A `Finding` says why a row is dropped and `None` means it passes.
 
 Decompression bombs: `Image.open` refuses images above twice `Image.MAX_IMAGE_PIXELS`
 (about 179 M pixels) with `DecompressionBombError` before telling us their size. Turning
@@ -13,8 +13,14 @@ reads the claimed size without the guard and without touching global state, and
 `check_area` rejects it from the header. A few plugins, WebP among them, run the guard
 inside their own parser because their decoder allocates the canvas at open; for those
 `probe_image` itself returns TOO_MANY_PIXELS with Pillow's pixel count but no width and
-height. `decode_image` and `verify_decodes` go through `Image.open`, so
+height. `decode_image`, `verify_decodes` and `reencode_png` go through `Image.open`, so
 Pillow's guard stays on wherever pixels are decoded.
+
+Header numbers are untrusted: a side of 0, less, or more than `MAX_SIDE` is IMPOSSIBLE_SIZE
+with the claimed size in the message. Orientation is applied exactly once: by us, from the
+EXIF tag, except for formats whose Pillow plugin already reports and loads frames upright
+(TIFF since Pillow 11; measured at import, see `_ORIENTED_BY_PILLOW`). Only the first frame
+is ever read: nothing here counts or walks the frames of an animation.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile
 
-from pipeline.schema import Reason, Rejection
+from filters.findings import Finding, Problem
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -41,31 +47,59 @@ _UPRIGHT = {
     8: Image.Transpose.ROTATE_90,
 }
 _SWAPS_SIDES = {5, 6, 7, 8}
+# The largest side our int32 width/height columns hold, and more than any decodable image has.
+MAX_SIDE = 2**31 - 1
+
+# Formats kept as downloaded, by the extension webdataset loaders expect for them (MPO is a
+# JPEG with more images appended). Other formats are re-encoded with `reencode_png`.
+STORED_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}  # modes PNG stores exactly as they are
 _WHITE = (255, 255, 255, 255)
 _SCALABLE_FORMATS = {"JPEG", "MPO"}  # libjpeg can decode these at 1/2, 1/4 or 1/8 scale
 
 # Pillow's process-wide switch that makes truncated files decode without error. Should
 # anything in the process turn it on, every row fails loudly rather than truncated
 # images passing silently.
-_TRUNCATION_UNCHECKABLE = Rejection(
-    Reason.DECODE_ERROR,
+_TRUNCATION_UNCHECKABLE = Finding(
+    Problem.BROKEN_IMAGE,
     "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set in this process: truncation cannot be detected",
 )
 
 
+def _oriented_by_pillow() -> frozenset[str]:
+    """Formats whose plugin applies the EXIF orientation itself: size reported upright at open,
+    pixels transposed at load (TIFF since Pillow 11). Measured on a 2x1 image tagged
+    "rotate 90", so neither a Pillow upgrade nor a downgrade makes us rotate twice or never."""
+    exif = Image.Exif()
+    exif[_EXIF_ORIENTATION] = 6
+    found = set()
+    for fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        buf = io.BytesIO()
+        try:
+            Image.new("L" if fmt != "WEBP" else "RGB", (2, 1)).save(buf, format=fmt, exif=exif.tobytes())
+            with Image.open(buf) as im:
+                if im.size == (1, 2):
+                    found.add(fmt)
+        except Exception:  # a codec missing from this Pillow build: we never see that format
+            continue
+    return frozenset(found)
+
+
+_ORIENTED_BY_PILLOW = _oriented_by_pillow()
+
+
 @dataclass(frozen=True)
 class ImageInfo:
-    """What an image's header claims. `width`/`height` are as displayed (EXIF applied)."""
+    """What an image's header claims. `width`/`height` are as displayed (orientation applied)."""
 
-    format: str  # Pillow's name: JPEG, PNG, WEBP, GIF, MPO, ...
-    stored_width: int
+    format: str  # Pillow's name: JPEG, PNG, WEBP, GIF, MPO, TIFF, BMP, ...
+    stored_width: int  # the first frame as Pillow loads it, before we apply `orientation`
     stored_height: int
     mode: str
-    n_frames: int
-    orientation: int  # EXIF orientation 1..8; 1 when absent or unreadable
+    orientation: int  # EXIF orientation 1..8 still to apply after loading; 1 when none is
 
     @property
     def width(self) -> int:
@@ -80,42 +114,43 @@ class ImageInfo:
         return self.stored_width * self.stored_height
 
 
-def probe_image(data: bytes) -> ImageInfo | Rejection:
-    """Read format, size, mode, frame count and orientation from the header; decode nothing."""
+def probe_image(data: bytes) -> ImageInfo | Finding:
+    """Read format, size, mode and orientation from the header; decode nothing, walk no frames."""
     try:
         im = _open_header(data)
         if im is None:
-            return Rejection(Reason.NOT_AN_IMAGE, f"not a recognised image format ({_describe(data)})")
+            return Finding(Problem.NOT_AN_IMAGE, f"not a recognised image format ({_describe(data)})")
         width, height = im.size
-        if width <= 0 or height <= 0:
-            return Rejection(Reason.DECODE_ERROR, f"{im.format} header claims {width}x{height} pixels")
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+            return Finding(
+                Problem.IMPOSSIBLE_SIZE,
+                f"{im.format} header claims {width}x{height} pixels; a side must be 1 to {MAX_SIDE}",
+            )
         return ImageInfo(
             format=im.format,
             stored_width=width,
             stored_height=height,
             mode=im.mode,
-            # GIF counts its frames by skipping through the blocks, without decoding them.
-            n_frames=getattr(im, "n_frames", 1),
-            orientation=_orientation(im),
+            orientation=1 if im.format in _ORIENTED_BY_PILLOW else _orientation(im),
         )
     except Image.DecompressionBombError as e:  # raised by plugins that guard inside their parser
         return _refused(e)
     except Exception as e:  # a plugin recognised the file but its header is broken
-        return Rejection(Reason.DECODE_ERROR, f"unreadable image header: {_error(e)}")
+        return Finding(Problem.BROKEN_IMAGE, f"unreadable image header: {_error(e)}")
 
 
-def check_size(info: ImageInfo, min_image_size: int) -> Rejection | None:
+def check_size(info: ImageInfo, min_image_size: int) -> Finding | None:
     """Reject when the shorter displayed side is below `min_image_size` pixels."""
     shorter = min(info.width, info.height)
     if shorter < min_image_size:
-        return Rejection(
-            Reason.TOO_SMALL,
+        return Finding(
+            Problem.TOO_SMALL,
             f"shorter side {shorter} px below {min_image_size} ({info.width}x{info.height})",
         )
     return None
 
 
-def check_aspect_ratio(info: ImageInfo, max_aspect_ratio: float = 6.0) -> Rejection | None:
+def check_aspect_ratio(info: ImageInfo, max_aspect_ratio: float = 6.0) -> Finding | None:
     """Reject when width/height is above `max_aspect_ratio` or below its inverse.
 
     Exactly max:1 and 1:max are kept. The comparison multiplies instead of dividing so
@@ -128,42 +163,60 @@ def check_aspect_ratio(info: ImageInfo, max_aspect_ratio: float = 6.0) -> Reject
         bound = f"below 1/{max_aspect_ratio:g}"
     else:
         return None
-    return Rejection(Reason.ASPECT_RATIO, f"aspect ratio {width / height:.2f} ({width}x{height}) {bound}")
+    return Finding(Problem.ASPECT_RATIO, f"aspect ratio {width / height:.2f} ({width}x{height}) {bound}")
 
 
-def check_area(info: ImageInfo, max_image_area: int) -> Rejection | None:
+def check_area(info: ImageInfo, max_image_area: int) -> Finding | None:
     """Reject when the header claims more than `max_image_area` pixels."""
     if info.pixels > max_image_area:
-        return Rejection(
-            Reason.TOO_MANY_PIXELS,
+        return Finding(
+            Problem.TOO_MANY_PIXELS,
             f"{info.pixels} pixels ({info.width}x{info.height}) above {max_image_area}"
             " (decided from the header, not decoded)",
         )
     return None
 
 
-def decode_image(data: bytes, info: ImageInfo) -> Image.Image | Rejection:
+def decode_image(data: bytes, info: ImageInfo) -> Image.Image | Finding:
     """Decode the first frame in full, upright and in RGB.
 
     Transparent pixels are composited on white; 16-bit greyscale is scaled to 8 bits.
     `info` must come from `probe_image(data)`: its orientation is applied, so the result
     is exactly `info.width` x `info.height`.
     """
+    return _upright_first_frame(data, info, _to_rgb)
+
+
+def reencode_png(data: bytes, info: ImageInfo) -> bytes | Finding:
+    """The first frame, upright, as PNG: for decodable formats loaders do not expect (BMP,
+    TIFF, PPM, PSD, ICO, AVIF, ...). Lossless wherever PNG holds the mode (bilevel, greyscale,
+    16-bit greyscale, palette, RGB, with or without alpha); CMYK, YCbCr, LAB and HSV become
+    RGB, and 32-bit or float greyscale beyond 16 bits is scaled to 8 bits as in `decode_image`.
+    """
+    frame = _upright_first_frame(data, info, _png_storable)
+    if isinstance(frame, Finding):
+        return frame
+    buf = io.BytesIO()
+    frame.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _upright_first_frame(data: bytes, info: ImageInfo, convert) -> Image.Image | Finding:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         return _TRUNCATION_UNCHECKABLE
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # the first frame; a truncated file raises here
-            rgb = _to_rgb(im)
+            frame = convert(im)  # a new image, so closing `im` is safe
         method = _UPRIGHT.get(info.orientation)
-        return rgb.transpose(method) if method is not None else rgb
+        return frame.transpose(method) if method is not None else frame
     except Image.DecompressionBombError as e:
         return _refused(e)
     except Exception as e:
-        return Rejection(Reason.DECODE_ERROR, _error(e))
+        return Finding(Problem.BROKEN_IMAGE, _error(e))
 
 
-def verify_decodes(data: bytes, info: ImageInfo) -> Rejection | None:
+def verify_decodes(data: bytes, info: ImageInfo) -> Finding | None:
     """Check that the first frame decodes to the end, as cheaply as possible.
 
     JPEG is decoded at 1/8 scale in greyscale: the entropy-coded data of every component is
@@ -182,7 +235,7 @@ def verify_decodes(data: bytes, info: ImageInfo) -> Rejection | None:
     except Image.DecompressionBombError as e:
         return _refused(e)
     except Exception as e:
-        return Rejection(Reason.DECODE_ERROR, _error(e))
+        return Finding(Problem.BROKEN_IMAGE, _error(e))
 
 
 def _open_header(data: bytes) -> ImageFile.ImageFile | None:
@@ -227,8 +280,23 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # a copy even when already RGB, so closing `im` is safe
 
 
-def _refused(e: Image.DecompressionBombError) -> Rejection:
-    return Rejection(Reason.TOO_MANY_PIXELS, f"Pillow refused the header, nothing decoded: {e}")
+def _png_storable(im: Image.Image) -> Image.Image:
+    """A new image of a loaded frame in a mode PNG stores, changing the pixels only where it must."""
+    if im.mode in _PNG_MODES:
+        return im.copy()
+    if im.mode in ("PA", "RGBa"):
+        return im.convert("RGBA")
+    if im.mode == "La":
+        return im.convert("LA")
+    if im.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(im).astype(np.int64)
+        if wide.size and 0 <= wide.min() and wide.max() <= 65535:
+            return Image.fromarray(wide.astype(np.uint16))  # uint16 -> I;16, exactly
+    return _to_rgb(im)
+
+
+def _refused(e: Image.DecompressionBombError) -> Finding:
+    return Finding(Problem.TOO_MANY_PIXELS, f"Pillow refused the header, nothing decoded: {e}")
 
 
 def _describe(data: bytes) -> str:

@@ -7,7 +7,9 @@
 same flags), a jobs.build_corpus output, an img2dataset output (webdataset tars or Parquet with
 image bytes), or a folder of images. Output: Parquet under OUTPUT/shards/labels/, one row per
 input row. Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.
-Re-running into the same --output labels only the rows still missing.
+Re-running into the same --output labels only the rows still missing; it refuses if the settings
+that shape the rows (task, prompts, template, model, generation, filters) differ from those
+recorded in OUTPUT/settings.json (--overwrite starts the output afresh instead).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from pipeline.corpus import (
     write_shards,
 )
 from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, TaskSpec, prepare_for_model
-from pipeline.options import CorpusOptions, add_corpus_arguments
+from pipeline.options import CorpusOptions, OneLineParser, add_corpus_arguments, number
 from pipeline.reader import ColumnMap, InputError, column_names
+from pipeline.settings import add_overwrite_argument, label_settings, prepare_output
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
 from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, claim_output, read_shard_stats
 
@@ -47,7 +50,7 @@ MODEL_ACTOR_CPUS = 0.5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m jobs.label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m jobs.label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="URL list(s), a corpus directory, tar/Parquet shards, or a folder of images")
     p.add_argument("--input-format", dest="input_format", choices=INPUT_FORMATS, default="auto", help="(default: detected from what is on disk)")
     p.add_argument("--output", required=True, help="output directory (created; re-running resumes)")
@@ -63,21 +66,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--template", choices=("base", "chat", "vqa"), default=None, help="prompt template (default: the checkpoint's template_version)")
 
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128, help="(default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default: %(default)s)")
-    g.add_argument("--top-p", dest="top_p", type=float, default=1.0, help="(default: %(default)s)")
-    g.add_argument("--num-beams", dest="num_beams", type=int, default=1, help="(default: %(default)s)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=number(int, at_least=1), default=128, help="(default: %(default)s)")
+    g.add_argument("--temperature", type=number(float, at_least=0), default=0.0, help="0 means greedy (default: %(default)s)")
+    g.add_argument("--top-p", dest="top_p", type=number(float, above=0, at_most=1), default=1.0, help="(default: %(default)s)")
+    g.add_argument("--num-beams", dest="num_beams", type=number(int, at_least=1), default=1, help="(default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     g.add_argument("--rope-precision", dest="rope_precision", choices=ROPE_PRECISIONS, default="official",
                    help="RoPE tables in bf16: official (the official code with its module in bf16), hf (as its Hugging Face demos load it), fp32 (exact); README: RoPE numerics (default: %(default)s)")
 
     g = p.add_argument_group("execution")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="images per model call (default: %(default)s)")
-    g.add_argument("--actors", type=int, default=None, help="model actors (default: one per GPU, else 1 on CPU)")
-    g.add_argument("--num-gpus-per-actor", dest="num_gpus_per_actor", type=float, default=None, help="(default: 1 where GPUs exist, else 0: CPU actors)")
-    g.add_argument("--previews-per-shard", dest="previews_per_shard", type=int, default=8, help="thumbnails kept per shard for jobs.report (default: %(default)s)")
+    g.add_argument("--batch-size", dest="batch_size", type=number(int, at_least=1), default=8, help="images per model call (default: %(default)s)")
+    g.add_argument("--actors", type=number(int, at_least=1), default=None, help="model actors (default: one per GPU, else 1 on CPU)")
+    g.add_argument("--num-gpus-per-actor", dest="num_gpus_per_actor", type=number(float, at_least=0), default=None, help="(default: 1 where GPUs exist, else 0: CPU actors)")
+    g.add_argument("--previews-per-shard", dest="previews_per_shard", type=number(int, at_least=0), default=8, help="thumbnails kept per shard for jobs.report (default: %(default)s)")
     g.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    g.add_argument("--num-cpus", dest="num_cpus", type=int, default=None, help="CPUs for the embedded local Ray (default: all)")
+    g.add_argument("--num-cpus", dest="num_cpus", type=number(int, at_least=1), default=None, help="CPUs for the embedded local Ray (default: all)")
+    add_overwrite_argument(p)
     add_corpus_arguments(p)
     p.set_defaults(shard_size=1000)
     return p.parse_args(argv)
@@ -107,9 +111,12 @@ def check_model_dirs(model_dir: str, tokenizer_dir: str | None) -> None:
 def generation_settings(args: argparse.Namespace):
     from model.api import GenerationSettings
 
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams, seed=args.seed
-    )
+    try:
+        return GenerationSettings(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams, seed=args.seed
+        )
+    except ValueError as e:  # e.g. beam search with sampling
+        raise InputError(f"generation settings: {e}") from e
 
 
 def source_dataset(args, options: CorpusOptions):
@@ -139,16 +146,21 @@ def run(args) -> dict:
     if options.resize != "no":
         raise InputError("--resize does not apply to jobs.label: the model resizes to its own input size")
     spec = task_spec(args)
+    settings = generation_settings(args)
     check_model_dirs(args.model, args.tokenizer)
     read, kind = source_dataset(args, options)
     if kind == "images":
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})
+    from model.processor import read_template_version
+
+    template = spec.template or read_template_version(args.model)
+    recorded = label_settings(options, spec, template, args.model, args.tokenizer, settings)
+    prepare_output(args.output, "label", recorded, args.overwrite)
     connect(args.address, args.num_cpus)
     os.makedirs(args.output, exist_ok=True)
     enable_resume(args.output)
     dedup = start_dedup_index(args.output, LABELS_DIR) if options.dedup else None
     actors, gpus_per_actor = model_actors(args)
-    settings = generation_settings(args)
     started = time.monotonic()
     before = read_shard_stats(args.output)["input_rows"]
 

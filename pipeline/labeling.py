@@ -2,7 +2,9 @@
 
 CPU tasks decode and resize each kept image and build its prompts, so the model actors (one
 per GPU, or CPU actors for small models) only run the model. A failure in a batch is split
-in halves down to single rows, so one bad row never fails its neighbours or the job.
+in halves down to single rows, so one bad row never fails its neighbours or the job; an
+unexpected exception while preparing one row or reading its output is that row's
+`internal_error` (pipeline.isolation).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
 
+from filters.findings import Finding
 from filters.image import decode_image, probe_image
 from model.boxes import parse_boxes_for_phrase, parse_grounding
 from pipeline import schema
+from pipeline.isolation import row_failure, run_split_on_failure
 from pipeline.schema import Rejection
 
 TASKS = ("caption", "grounded_caption", "ground", "vqa")
@@ -91,7 +95,10 @@ def prepare_for_model(table: pa.Table, model_dir: str, spec: TaskSpec, previews_
     rows = table.to_pylist()
     pixels, prompts, phrases, thumbs = [], [], [], []
     for row in rows:
-        prepared = _prepare_row(row, processor, template, apply_template, spec, sum(t is not None for t in thumbs) < previews_per_batch)
+        try:
+            prepared = _prepare_row(row, processor, template, apply_template, spec, sum(t is not None for t in thumbs) < previews_per_batch)
+        except Exception as e:
+            prepared = row_failure("preprocess", e)
         if isinstance(prepared, Rejection):
             _reject(row, prepared)
             prepared = (None, None, None, None)
@@ -119,9 +126,9 @@ def _prepare_row(row: dict, processor, template: str, apply_template, spec: Task
         return None, None, None, None
     data = row[schema.IMAGE_BYTES]
     info = probe_image(data)
-    image = info if isinstance(info, Rejection) else decode_image(data, info)
-    if isinstance(image, Rejection):
-        return image
+    image = info if isinstance(info, Finding) else decode_image(data, info)
+    if isinstance(image, Finding):
+        return Rejection.of(image)
     queries = spec.queries(row)
     if not queries or any(q is None or not str(q).strip() for q in queries):
         what = "--phrases/--phrases-col" if spec.task == "ground" else "--prompt/--prompt-col"
@@ -138,22 +145,6 @@ class RowLabel:
     caption: str | None = None
     boxes: list | None = None
     rejection: Rejection | None = None
-
-
-def run_split_on_failure(items: list, run, is_oom) -> list:
-    """run(items) -> one result per item. On a failure, retry each half, down to single items;
-    a single item that still fails gets the exception as its result."""
-    if not items:
-        return []
-    try:
-        return run(items)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
-        if len(items) == 1:
-            return [e]
-        if is_oom(e):
-            _free_accelerator_memory()
-        mid = len(items) // 2
-        return run_split_on_failure(items[:mid], run, is_oom) + run_split_on_failure(items[mid:], run, is_oom)
 
 
 def _free_accelerator_memory() -> None:
@@ -194,7 +185,7 @@ class LabelModel:
         rows = table.to_pylist()
         todo = [i for i, r in enumerate(rows) if r[schema.STATUS] == schema.Status.SUCCESS]
         started = time.perf_counter()
-        outcomes = run_split_on_failure([rows[i] for i in todo], self._label, _is_oom)
+        outcomes = run_split_on_failure([rows[i] for i in todo], self._label, _is_oom, _free_accelerator_memory)
         seconds = (time.perf_counter() - started) / max(1, len(todo))
         labels = {i: self._as_label(o) for i, o in zip(todo, outcomes)}
         return self._with_label_columns(table, rows, labels, seconds)
@@ -213,7 +204,10 @@ class LabelModel:
         out, g = [], 0
         for i, row in enumerate(rows):
             n = image_index.count(i)
-            out.append(self._parse(row, [x.text for x in generations[g : g + n]]))
+            try:  # the model ran: a failure to read one row's output is that row's alone
+                out.append(self._parse(row, [x.text for x in generations[g : g + n]]))
+            except Exception as e:
+                out.append(RowLabel(rejection=row_failure("label", e)))
             g += n
         return out
 

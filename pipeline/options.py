@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 from dataclasses import dataclass, fields
 
 from pipeline.download import DownloadOptions
 
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+# What to do with decodable images that are not JPEG, PNG, WebP or GIF (BMP, TIFF, PPM, ...).
+OTHER_FORMATS = ("png", "reject")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class CorpusOptions:
     dedup: bool = False
     # outputs
     resize: str = "no"
+    other_formats: str = "png"
     image_size: int = 256
     shard_size: int = 2000
 
@@ -72,13 +76,33 @@ def _networks(text: str) -> tuple[str, ...]:
 
 
 def _positive(kind):
+    return number(kind, above=0)
+
+
+def number(kind, *, at_least=None, above=None, at_most=None):
+    """An argparse type: `kind(text)` within the given bounds, else a message saying which."""
+
     def parse(text: str):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be above {above}, got {text}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, got {text}")
         return value
 
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
     return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes print one line that says what to fix (not the whole usage), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,9 +114,9 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("download")
     g.add_argument("--timeout", type=_positive(float), default=d.timeout, help="total seconds per URL: connect, headers, body, retries (default: %(default)s)")
-    g.add_argument("--retries", type=int, default=d.retries, help="extra attempts on 429, 5xx, resets and timeouts, with backoff (default: %(default)s)")
+    g.add_argument("--retries", type=number(int, at_least=0), default=d.retries, help="extra attempts on 429, 5xx, resets and timeouts, with backoff (default: %(default)s)")
     g.add_argument("--max-bytes", dest="max_bytes", type=_positive(int), default=d.max_bytes, help="largest body accepted, after decompression (default: 32 MiB)")
-    g.add_argument("--max-redirects", dest="max_redirects", type=int, default=d.max_redirects, help="(default: %(default)s)")
+    g.add_argument("--max-redirects", dest="max_redirects", type=number(int, at_least=0), default=d.max_redirects, help="(default: %(default)s)")
     g.add_argument("--user-agent-token", dest="user_agent_token", default=d.user_agent_token, help="token added to our user agent; X-Robots-Tag directives scoped to it are honoured")
     g.add_argument("--allow-networks", dest="allow_networks", type=_networks, default=d.allow_networks, help="CIDR,... opened on top of public addresses (private, loopback, link-local, multicast and reserved ranges are refused by default)")
     g.add_argument("--ignore-robots-headers", dest="respect_robots_headers", action="store_false", help="do not honour X-Robots-Tag noai/noimageai/noindex/noimageindex")
@@ -100,15 +124,16 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--requests-per-worker", dest="requests_per_worker", type=_positive(int), default=d.requests_per_worker, help="requests in flight per download actor (default: %(default)s)")
 
     g = parser.add_argument_group("filters")
-    g.add_argument("--min-image-size", dest="min_image_size", type=int, default=d.min_image_size, help="drop images whose shorter side is below this many pixels (default: %(default)s)")
+    g.add_argument("--min-image-size", dest="min_image_size", type=number(int, at_least=0), default=d.min_image_size, help="drop images whose shorter side is below this many pixels (default: %(default)s)")
     g.add_argument("--max-image-area", dest="max_image_area", type=_positive(int), default=d.max_image_area, help="drop images with more pixels, decided from the header without decoding (default: %(default)s)")
     g.add_argument("--max-aspect-ratio", dest="max_aspect_ratio", type=_positive(float), default=d.max_aspect_ratio, help="drop images wider than R:1 or taller than 1:R; exactly R is kept (default: %(default)s)")
     g.add_argument("--drop-empty-captions", dest="drop_empty_captions", action="store_true", help="drop rows whose caption is missing or blank")
-    g.add_argument("--min-caption-words", dest="min_caption_words", type=int, default=d.min_caption_words, help="(default: %(default)s)")
+    g.add_argument("--min-caption-words", dest="min_caption_words", type=number(int, at_least=0), default=d.min_caption_words, help="(default: %(default)s)")
     g.add_argument("--max-caption-length", dest="max_caption_length", type=_positive(int), default=d.max_caption_length, help="in characters (default: no limit)")
     g.add_argument("--dedup", action="store_true", help="keep one copy of images with identical bytes (sha256)")
 
     g = parser.add_argument_group("output")
     g.add_argument("--resize", choices=RESIZE_MODES, default=d.resize, help="img2dataset resize mode; 'no' keeps the original bytes (default: %(default)s)")
+    g.add_argument("--other-formats", dest="other_formats", choices=OTHER_FORMATS, default=d.other_formats, help="decodable images that are not JPEG, PNG, WebP or GIF (BMP, TIFF, PPM, PSD, ICO, AVIF, ...): 'png' stores their first frame re-encoded losslessly as PNG, 'reject' rejects them as unsupported_format (default: %(default)s)")
     g.add_argument("--image-size", dest="image_size", type=_positive(int), default=d.image_size, help="target size for --resize (default: %(default)s)")
     g.add_argument("--shard-size", dest="shard_size", type=_positive(int), default=d.shard_size, help="input rows per output shard (default: %(default)s)")

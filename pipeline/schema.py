@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from filters.findings import Finding, Problem
+
 # --- identity and input -------------------------------------------------------------
 KEY = "key"  # stable per input row: f"{file_index:05d}{row_index:09d}", img2dataset style
 URL = "url"
@@ -62,6 +64,7 @@ class Status:
     FAILED_TO_DECODE = "failed_to_decode"
     FILTERED = "filtered"
     FAILED_TO_LABEL = "failed_to_label"
+    INTERNAL_ERROR = "internal_error"  # a bug of ours or of a library, met on this row alone
 
 
 class Reason:
@@ -91,6 +94,7 @@ class Reason:
     TOO_SMALL = "too_small"
     ASPECT_RATIO = "aspect_ratio"
     TOO_MANY_PIXELS = "too_many_pixels"
+    UNSUPPORTED_FORMAT = "unsupported_format"  # --other-formats reject
     CAPTION_EMPTY = "caption_empty"
     CAPTION_TOO_SHORT = "caption_too_short"
     CAPTION_TOO_LONG = "caption_too_long"
@@ -98,6 +102,8 @@ class Reason:
     # labeling
     MODEL_ERROR = "model_error"
     OUT_OF_MEMORY = "out_of_memory"
+    # any stage
+    INTERNAL_ERROR = "internal_error"  # an unexpected exception while handling this row
 
 
 # The status each reason belongs to; a rejected row's status is derived, never guessed.
@@ -122,12 +128,28 @@ REASON_STATUS = {
     Reason.TOO_SMALL: Status.FILTERED,
     Reason.ASPECT_RATIO: Status.FILTERED,
     Reason.TOO_MANY_PIXELS: Status.FILTERED,
+    Reason.UNSUPPORTED_FORMAT: Status.FILTERED,
     Reason.CAPTION_EMPTY: Status.FILTERED,
     Reason.CAPTION_TOO_SHORT: Status.FILTERED,
     Reason.CAPTION_TOO_LONG: Status.FILTERED,
     Reason.DUPLICATE: Status.FILTERED,
     Reason.MODEL_ERROR: Status.FAILED_TO_LABEL,
     Reason.OUT_OF_MEMORY: Status.FAILED_TO_LABEL,
+    Reason.INTERNAL_ERROR: Status.INTERNAL_ERROR,
+}
+
+# The reason a row gets for each problem the (pipeline-agnostic) filters report.
+PROBLEM_REASON = {
+    Problem.NOT_AN_IMAGE: Reason.NOT_AN_IMAGE,
+    Problem.BROKEN_IMAGE: Reason.DECODE_ERROR,
+    Problem.IMPOSSIBLE_SIZE: Reason.DECODE_ERROR,
+    Problem.TOO_MANY_PIXELS: Reason.TOO_MANY_PIXELS,
+    Problem.TOO_SMALL: Reason.TOO_SMALL,
+    Problem.ASPECT_RATIO: Reason.ASPECT_RATIO,
+    Problem.CAPTION_EMPTY: Reason.CAPTION_EMPTY,
+    Problem.CAPTION_TOO_SHORT: Reason.CAPTION_TOO_SHORT,
+    Problem.CAPTION_TOO_LONG: Reason.CAPTION_TOO_LONG,
+    Problem.DUPLICATE: Reason.DUPLICATE,
 }
 
 
@@ -141,6 +163,11 @@ class Rejection:
     @property
     def status(self) -> str:
         return REASON_STATUS[self.reason]
+
+    @classmethod
+    def of(cls, finding: Finding | None) -> "Rejection | None":
+        """The rejection for a filter's finding (None passes through)."""
+        return None if finding is None else cls(PROBLEM_REASON[finding.problem], finding.message)
 
 
 # Columns the corpus builder adds to every row, with their Arrow types. The input's own

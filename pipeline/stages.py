@@ -4,6 +4,10 @@
 at once per actor, so one URL that hangs until the timeout never stalls a worker. Downloads run
 in the fetcher's own event loop; header probes and decode checks run in a thread (Pillow
 releases the GIL while decoding) so that the next batch's downloads overlap them.
+
+No row can fail its batch: an unexpected exception while admitting, fetching, inspecting or
+deduplicating one row becomes that row's `internal_error` (pipeline.isolation), and a value
+that does not fit its column is caught when the columns are built.
 """
 
 from __future__ import annotations
@@ -17,12 +21,23 @@ import pyarrow as pa
 import ray
 
 from filters.caption import check_caption
-from filters.dedup import content_sha256, duplicate_rejection
-from filters.image import check_area, check_aspect_ratio, check_size, decode_image, probe_image, verify_decodes
+from filters.dedup import content_sha256, duplicate_finding
+from filters.findings import Finding
+from filters.image import (
+    STORED_FORMATS,
+    check_area,
+    check_aspect_ratio,
+    check_size,
+    decode_image,
+    probe_image,
+    reencode_png,
+    verify_decodes,
+)
 from pipeline import schema
 from pipeline.download import Fetcher, validate_url
+from pipeline.isolation import row_failure, run_split_on_failure
 from pipeline.options import CorpusOptions
-from pipeline.schema import Rejection
+from pipeline.schema import Reason, Rejection
 
 @dataclass
 class RowResult:
@@ -63,11 +78,15 @@ def _resizer(options: CorpusOptions):
 
 
 def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResult:
-    """Header checks first (cheap, and bombs are never decoded), then a decode check."""
+    """Header checks first (cheap, and bombs are never decoded), then a decode check.
+
+    Kept bytes are always JPEG, PNG, WebP or GIF: other formats are re-encoded to PNG (or,
+    with --other-formats reject, rejected), and --resize makes JPEG.
+    """
     result = RowResult(values={schema.SHA256: content_sha256(data)})
     info = probe_image(data)
-    if isinstance(info, Rejection):
-        result.rejection = info
+    if isinstance(info, Finding):
+        result.rejection = Rejection.of(info)
         return result
     result.values.update(
         {
@@ -76,56 +95,85 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
             schema.ORIGINAL_HEIGHT: info.height,
         }
     )
-    result.rejection = (
+    result.rejection = Rejection.of(
         check_area(info, options.max_image_area)
         or check_aspect_ratio(info, options.max_aspect_ratio)
         or check_size(info, options.min_image_size)
     )
+    stored_as_is = info.format in STORED_FORMATS
+    if result.rejection is None and not stored_as_is and options.other_formats == "reject":
+        result.rejection = Rejection(
+            Reason.UNSUPPORTED_FORMAT,
+            f"{info.format} is not stored (only JPEG, PNG, WebP, GIF); --other-formats png re-encodes it",
+        )
     if result.rejection:
         return result
+    result.values.update({schema.WIDTH: info.width, schema.HEIGHT: info.height})
+    if resizer is None and stored_as_is:
+        result.rejection = Rejection.of(verify_decodes(data, info))
+        result.image = None if result.rejection else data
+        return result
     if resizer is None:
-        result.rejection = verify_decodes(data, info)
-        result.image = data
-        result.values.update({schema.WIDTH: info.width, schema.HEIGHT: info.height})
+        png = reencode_png(data, info)
+        if isinstance(png, Finding):
+            result.rejection = Rejection.of(png)
+            return result
+        result.image = png
+        result.values[schema.IMAGE_FORMAT] = "PNG"
         return result
     image = decode_image(data, info)
-    if isinstance(image, Rejection):
-        result.rejection = image
+    if isinstance(image, Finding):
+        result.rejection = Rejection.of(image)
         return result
     bmp = io.BytesIO()
     image.save(bmp, format="BMP")  # lossless hand-over of our oriented RGB decode
     resized, width, height, _, _, error = resizer(bmp)
     if error:
-        result.rejection = Rejection(schema.Reason.DECODE_ERROR, f"resize failed: {error}")
+        result.rejection = Rejection(Reason.DECODE_ERROR, f"resize failed: {error}")
         return result
     result.image = resized
     result.values.update({schema.WIDTH: width, schema.HEIGHT: height, schema.IMAGE_FORMAT: "JPEG"})
     return result
 
 
+def typed_column(name: str, values: list, type_: pa.DataType, results: list[RowResult]) -> pa.Array:
+    """pa.array(values, type_); a value that does not fit (an int32 overflow, a wrong type) is
+    nulled and rejects its row, instead of failing the batch."""
+    try:
+        return pa.array(values, type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        pass
+    kept = []
+    for i, value in enumerate(values):
+        try:
+            pa.array([value], type_)
+            kept.append(value)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as e:
+            kept.append(None)
+            if results[i].rejection is None:
+                results[i].rejection = row_failure("columns", ValueError(f"{name} = {value!r} does not fit {type_}: {e}"))
+    return pa.array(kept, type_)
+
+
 def result_columns(table: pa.Table, results: list[RowResult]) -> pa.Table:
     """Append our columns (typed by the schema) and the image bytes to the input rows."""
     n = table.num_rows
-    columns = {}
-    for f in schema.CORPUS_FIELDS:
-        if f.name in (schema.KEY, schema.URL, schema.CAPTION):
-            continue
-        if f.name == schema.STATUS:
-            values = [r.rejection.status if r.rejection else schema.Status.SUCCESS for r in results]
-        elif f.name == schema.REASON:
-            values = [r.rejection.reason if r.rejection else None for r in results]
-        elif f.name == schema.ERROR_MESSAGE:
-            values = [r.rejection.message if r.rejection else None for r in results]
-        else:
-            values = [r.values.get(f.name) for r in results]
-        columns[f.name] = pa.array(values, f.type)
-    images = [None if r.rejection else r.image for r in results]
-    columns[schema.IMAGE_BYTES] = pa.array(images, pa.binary())
-    for name, col in columns.items():
+    given = (schema.KEY, schema.URL, schema.CAPTION)
+    outcome = (schema.STATUS, schema.REASON, schema.ERROR_MESSAGE)
+    columns = {  # the values first: one that does not fit its column rejects its row
+        f.name: typed_column(f.name, [r.values.get(f.name) for r in results], f.type, results)
+        for f in schema.CORPUS_FIELDS
+        if f.name not in given + outcome
+    }
+    columns[schema.STATUS] = pa.array([r.rejection.status if r.rejection else schema.Status.SUCCESS for r in results], pa.string())
+    columns[schema.REASON] = pa.array([r.rejection.reason if r.rejection else None for r in results], pa.string())
+    columns[schema.ERROR_MESSAGE] = pa.array([r.rejection.message if r.rejection else None for r in results], pa.string())
+    columns[schema.IMAGE_BYTES] = pa.array([None if r.rejection else r.image for r in results], pa.binary())
+    for name in [f.name for f in schema.CORPUS_FIELDS if f.name not in given] + [schema.IMAGE_BYTES]:
         if name in table.column_names:
-            table = table.set_column(table.column_names.index(name), name, col)
+            table = table.set_column(table.column_names.index(name), name, columns[name])
         else:
-            table = table.append_column(name, col)
+            table = table.append_column(name, columns[name])
     assert table.num_rows == n
     return table
 
@@ -147,12 +195,21 @@ class FetchAndFilter:
         self.fetcher.close()
 
     def _caption_rejection(self, caption) -> Rejection | None:
-        return check_caption(
-            caption,
-            drop_empty=self.options.drop_empty_captions,
-            min_words=self.options.min_caption_words,
-            max_length=self.options.max_caption_length,
+        return Rejection.of(
+            check_caption(
+                caption,
+                drop_empty=self.options.drop_empty_captions,
+                min_words=self.options.min_caption_words,
+                max_length=self.options.max_caption_length,
+            )
         )
+
+    def _admission(self, url, caption, image: bytes | None, holds_images: bool) -> Rejection | None:
+        """Why the row goes no further before any download or decode, or None."""
+        if holds_images:
+            missing = Rejection(Reason.MISSING_IMAGE, "the input row has no image bytes") if image is None else None
+            return self._caption_rejection(caption) or missing
+        return validate_url(url, self.options.allow_local_files) or self._caption_rejection(caption)
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         urls = table.column(schema.URL).to_pylist()
@@ -160,20 +217,17 @@ class FetchAndFilter:
         holds_images = schema.IMAGE_BYTES in table.column_names
         have = table.column(schema.IMAGE_BYTES).to_pylist() if holds_images else [None] * table.num_rows
         results = [RowResult() for _ in urls]
-        to_fetch = []
         for i, (url, caption) in enumerate(zip(urls, captions)):
-            if holds_images:
-                results[i].rejection = self._caption_rejection(caption) or (
-                    Rejection(schema.Reason.MISSING_IMAGE, "the input row has no image bytes")
-                    if have[i] is None
-                    else None
-                )
-            else:
-                results[i].rejection = validate_url(url, self.options.allow_local_files) or self._caption_rejection(caption)
-                if results[i].rejection is None:
-                    to_fetch.append(i)
-        fetched = await asyncio.to_thread(self.fetcher.fetch_many, [urls[i] for i in to_fetch])
+            try:
+                results[i].rejection = self._admission(url, caption, have[i], holds_images)
+            except Exception as e:
+                results[i].rejection = row_failure("input", e)
+        to_fetch = [] if holds_images else [i for i, r in enumerate(results) if r.rejection is None]
+        fetched = await asyncio.to_thread(run_split_on_failure, [urls[i] for i in to_fetch], self.fetcher.fetch_many)
         for i, got in zip(to_fetch, fetched):
+            if isinstance(got, Exception):
+                results[i].rejection = row_failure("download", got)
+                continue
             results[i].values.update(
                 {
                     schema.HTTP_STATUS: got.http_status,
@@ -188,18 +242,29 @@ class FetchAndFilter:
         return result_columns(table, results)
 
     def _inspect_all(self, table: pa.Table, images: list, results: list[RowResult]) -> None:
-        keys = table.column(schema.KEY).to_pylist()
         for i, data in enumerate(images):
             if data is None or results[i].rejection:
                 continue
-            inspected = inspect_image(data, self.options, self.resizer)
+            try:
+                inspected = inspect_image(data, self.options, self.resizer)
+            except Exception as e:
+                results[i].rejection = row_failure("inspect", e)
+                continue
             results[i].values.setdefault(schema.BYTES, len(data))
             results[i].values.update(inspected.values)
             results[i].rejection, results[i].image = inspected.rejection, inspected.image
-        if self.dedup is None:
-            return
+        if self.dedup is not None:
+            self._deduplicate(table.column(schema.KEY).to_pylist(), results)
+
+    def _deduplicate(self, keys: list[str], results: list[RowResult]) -> None:
         candidates = [i for i, r in enumerate(results) if r.rejection is None and r.image is not None]
-        owners = ray.get(self.dedup.claim.remote([(results[i].values[schema.SHA256], keys[i]) for i in candidates]))
+        # Claims are idempotent per key, so a retried half (or a retried task) claims nothing twice.
+        owners = run_split_on_failure([(results[i].values[schema.SHA256], keys[i]) for i in candidates], self._claim)
         for i, owner in zip(candidates, owners):
-            if owner is not None:
-                results[i].rejection = duplicate_rejection(results[i].values[schema.SHA256], owner)
+            if isinstance(owner, Exception):
+                results[i].rejection = row_failure("dedup", owner)
+            elif owner is not None:
+                results[i].rejection = Rejection.of(duplicate_finding(results[i].values[schema.SHA256], owner))
+
+    def _claim(self, pairs: list[tuple[str, str]]) -> list[str | None]:
+        return ray.get(self.dedup.claim.remote(pairs))

@@ -55,7 +55,7 @@ RUN_FILE = "_run"
 SETTLE_SECONDS = 3.0
 STATS_FILE = "stats.json"
 
-IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}  # the only formats stages keep
 
 
 class ShardNames(FilenameProvider):

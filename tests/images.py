@@ -121,3 +121,20 @@ def webp_bomb(width: int = 16383, height: int = 16383) -> bytes:
     bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
     data[21:25] = struct.pack("<I", bits)
     return bytes(data)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """57 bytes: a PNG signature, an IHDR claiming width x height (any 32-bit numbers), an empty IDAT."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def truncated_animated_gif(width: int = 64, height: int = 48) -> bytes:
+    """An animated GIF cut just inside its second frame: the first frame is whole."""
+    data = animated_gif(width, height, frames=3)
+    second = data.index(b"\x21\xf9\x04", data.index(b"\x21\xf9\x04") + 1)  # its graphic control block
+    return data[: second + 30]

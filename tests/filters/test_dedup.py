@@ -2,8 +2,8 @@ import hashlib
 
 import pytest
 
-from filters.dedup import content_sha256, duplicate_rejection
-from pipeline.schema import Reason, Status
+from filters.dedup import content_sha256, duplicate_finding
+from filters.findings import Problem
 from tests import images
 
 
@@ -26,9 +26,8 @@ def test_content_sha256_is_hex_sha256():
     assert len(content_sha256(b"")) == 64
 
 
-def test_duplicate_rejection_names_the_first_row():
+def test_duplicate_finding_names_the_first_row():
     sha = content_sha256(b"abc")
-    rejection = duplicate_rejection(sha, "00000000000042")
-    assert rejection.reason == Reason.DUPLICATE
-    assert rejection.status == Status.FILTERED
-    assert "00000000000042" in rejection.message and sha in rejection.message
+    finding = duplicate_finding(sha, "00000000000042")
+    assert finding.problem == Problem.DUPLICATE
+    assert "00000000000042" in finding.message and sha in finding.message

@@ -1,12 +1,12 @@
 import pytest
 
 from filters.image import ImageInfo, check_area, check_aspect_ratio, check_size
-from pipeline.schema import Reason
+from filters.findings import Problem
 
 
 def info(width: int, height: int, orientation: int = 1) -> ImageInfo:
     """Stored width x height; orientations 5-8 display it as height x width."""
-    return ImageInfo("JPEG", width, height, "RGB", 1, orientation)
+    return ImageInfo("JPEG", width, height, "RGB", orientation)
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_check_size(width, height, orientation, min_size, message):
     if message is None:
         assert result is None
     else:
-        assert (result.reason, result.message) == (Reason.TOO_SMALL, message)
+        assert (result.problem, result.message) == (Problem.TOO_SMALL, message)
 
 
 @pytest.mark.parametrize(
@@ -53,12 +53,12 @@ def test_check_aspect_ratio(width, height, orientation, max_ratio, message):
     if message is None:
         assert result is None
     else:
-        assert (result.reason, result.message) == (Reason.ASPECT_RATIO, message)
+        assert (result.problem, result.message) == (Problem.ASPECT_RATIO, message)
 
 
 def test_check_aspect_ratio_defaults_to_six():
     assert check_aspect_ratio(info(600, 100)) is None
-    assert check_aspect_ratio(info(601, 100)).reason == Reason.ASPECT_RATIO
+    assert check_aspect_ratio(info(601, 100)).problem == Problem.ASPECT_RATIO
 
 
 @pytest.mark.parametrize(
@@ -81,4 +81,4 @@ def test_check_area(width, height, max_area, message):
     if message is None:
         assert result is None
     else:
-        assert (result.reason, result.message) == (Reason.TOO_MANY_PIXELS, message)
+        assert (result.problem, result.message) == (Problem.TOO_MANY_PIXELS, message)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from filters.image import ImageInfo, decode_image, probe_image, verify_decodes
-from pipeline.schema import Reason, Rejection, Status
+from filters.findings import Finding, Problem
 from tests import images
 
 
@@ -132,11 +132,11 @@ TRUNCATED_CASES = [
 def test_truncated_files_are_decode_errors(data, keep):
     cut = _cut(data, keep)
     info = probe_image(cut)
-    if isinstance(info, Rejection):  # some formats notice from the header alone
-        assert info.reason == Reason.DECODE_ERROR
+    if isinstance(info, Finding):  # some formats notice from the header alone
+        assert info.problem == Problem.BROKEN_IMAGE
         return
-    assert decode_image(cut, info).reason == Reason.DECODE_ERROR
-    assert verify_decodes(cut, info).reason == Reason.DECODE_ERROR
+    assert decode_image(cut, info).problem == Problem.BROKEN_IMAGE
+    assert verify_decodes(cut, info).problem == Problem.BROKEN_IMAGE
 
 
 def test_truncated_jpeg_is_caught_at_draft_scale():
@@ -151,24 +151,24 @@ def test_truncated_jpeg_is_caught_at_draft_scale():
 @pytest.mark.parametrize("make", [images.bomb_png, images.webp_bomb], ids=["png", "webp"])
 def test_bomb_is_refused_without_allocating(make, pixel_work):
     data = make()
-    info = ImageInfo("PNG", 30000, 30000, "L", 1, 1)  # a caller that skipped check_area
-    assert decode_image(data, info).reason == Reason.TOO_MANY_PIXELS
-    assert verify_decodes(data, info).reason == Reason.TOO_MANY_PIXELS
+    info = ImageInfo("PNG", 30000, 30000, "L", 1)  # a caller that skipped check_area
+    assert decode_image(data, info).problem == Problem.TOO_MANY_PIXELS
+    assert verify_decodes(data, info).problem == Problem.TOO_MANY_PIXELS
     assert pixel_work == []
 
 
 @pytest.mark.parametrize("data", [b"", b"<html></html>"], ids=["empty", "html"])
 def test_decoding_non_images_does_not_raise(data):
-    info = ImageInfo("JPEG", 64, 48, "RGB", 1, 1)  # a caller that skipped the probe
-    assert decode_image(data, info).status == verify_decodes(data, info).status == Status.FAILED_TO_DECODE
+    info = ImageInfo("JPEG", 64, 48, "RGB", 1)  # a caller that skipped the probe
+    assert decode_image(data, info).problem == verify_decodes(data, info).problem == Problem.BROKEN_IMAGE
 
 
 def test_truncation_check_refuses_when_pillow_is_told_to_ignore_it(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     data = images.truncated_jpeg()
     info = probe_image(data)
-    assert verify_decodes(data, info).reason == Reason.DECODE_ERROR
-    assert decode_image(data, info).reason == Reason.DECODE_ERROR
+    assert verify_decodes(data, info).problem == Problem.BROKEN_IMAGE
+    assert decode_image(data, info).problem == Problem.BROKEN_IMAGE
     assert "LOAD_TRUNCATED_IMAGES" in verify_decodes(images.jpeg(), info).message
 
 

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from filters.image import ImageInfo, decode_image, probe_image
-from pipeline.schema import Reason, Rejection
+from filters.findings import Finding, Problem
 from tests import images
 
 
@@ -14,36 +14,36 @@ def _encode_with_orientation(fmt: str, orientation: int) -> bytes:
     return images.encode(images.rgb(80, 40), fmt, exif=exif.tobytes())
 
 
-# factory, format, stored (w, h), displayed (w, h), mode, frames, orientation
+# factory, format, stored (w, h), displayed (w, h), mode, orientation
 PROBE_CASES = [
-    ("jpeg", images.jpeg, "JPEG", (64, 48), (64, 48), "RGB", 1, 1),
-    ("png", images.png, "PNG", (64, 48), (64, 48), "RGB", 1, 1),
-    ("webp", images.webp, "WEBP", (64, 48), (64, 48), "RGB", 1, 1),
-    ("cmyk_jpeg", images.cmyk_jpeg, "JPEG", (64, 48), (64, 48), "CMYK", 1, 1),
-    ("palette_png", images.palette_png, "PNG", (64, 48), (64, 48), "P", 1, 1),
-    ("transparent_palette_png", images.transparent_palette_png, "PNG", (64, 48), (64, 48), "P", 1, 1),
-    ("rgba_png", images.rgba_png, "PNG", (64, 48), (64, 48), "RGBA", 1, 1),
-    ("la_png", images.la_png, "PNG", (64, 48), (64, 48), "LA", 1, 1),
-    ("png16", images.png16, "PNG", (64, 48), (64, 48), "I;16", 1, 1),
-    ("animated_gif", lambda: images.animated_gif(frames=3), "GIF", (64, 48), (64, 48), "P", 3, 1),
-    ("exif_6", images.exif_rotated_jpeg, "JPEG", (80, 40), (40, 80), "RGB", 1, 6),
-    ("exif_3", lambda: images.exif_rotated_jpeg(orientation=3), "JPEG", (80, 40), (80, 40), "RGB", 1, 3),
-    ("png_exif_8", lambda: _encode_with_orientation("PNG", 8), "PNG", (80, 40), (40, 80), "RGB", 1, 8),
-    ("webp_exif_5", lambda: _encode_with_orientation("WEBP", 5), "WEBP", (80, 40), (40, 80), "RGB", 1, 5),
-    ("progressive_jpeg", images.progressive_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 1),
+    ("jpeg", images.jpeg, "JPEG", (64, 48), (64, 48), "RGB", 1),
+    ("png", images.png, "PNG", (64, 48), (64, 48), "RGB", 1),
+    ("webp", images.webp, "WEBP", (64, 48), (64, 48), "RGB", 1),
+    ("cmyk_jpeg", images.cmyk_jpeg, "JPEG", (64, 48), (64, 48), "CMYK", 1),
+    ("palette_png", images.palette_png, "PNG", (64, 48), (64, 48), "P", 1),
+    ("transparent_palette_png", images.transparent_palette_png, "PNG", (64, 48), (64, 48), "P", 1),
+    ("rgba_png", images.rgba_png, "PNG", (64, 48), (64, 48), "RGBA", 1),
+    ("la_png", images.la_png, "PNG", (64, 48), (64, 48), "LA", 1),
+    ("png16", images.png16, "PNG", (64, 48), (64, 48), "I;16", 1),
+    ("animated_gif", lambda: images.animated_gif(frames=3), "GIF", (64, 48), (64, 48), "P", 1),
+    ("exif_6", images.exif_rotated_jpeg, "JPEG", (80, 40), (40, 80), "RGB", 6),
+    ("exif_3", lambda: images.exif_rotated_jpeg(orientation=3), "JPEG", (80, 40), (80, 40), "RGB", 3),
+    ("png_exif_8", lambda: _encode_with_orientation("PNG", 8), "PNG", (80, 40), (40, 80), "RGB", 8),
+    ("webp_exif_5", lambda: _encode_with_orientation("WEBP", 5), "WEBP", (80, 40), (40, 80), "RGB", 5),
+    ("progressive_jpeg", images.progressive_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1),
     # Only the pixel data is cut: the header is intact, so the probe passes.
-    ("truncated_jpeg", images.truncated_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 1),
+    ("truncated_jpeg", images.truncated_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1),
 ]
 
 
 @pytest.mark.parametrize(
-    "make, fmt, stored, displayed, mode, frames, orientation",
+    "make, fmt, stored, displayed, mode, orientation",
     [case[1:] for case in PROBE_CASES],
     ids=[case[0] for case in PROBE_CASES],
 )
-def test_probe_reads_header(make, fmt, stored, displayed, mode, frames, orientation):
+def test_probe_reads_header(make, fmt, stored, displayed, mode, orientation):
     info = probe_image(make())
-    assert info == ImageInfo(fmt, stored[0], stored[1], mode, frames, orientation)
+    assert info == ImageInfo(fmt, stored[0], stored[1], mode, orientation)
     assert (info.width, info.height) == displayed
     assert info.pixels == stored[0] * stored[1]
 
@@ -92,8 +92,8 @@ NOT_IMAGE_CASES = [
 @pytest.mark.parametrize("data", [c[1] for c in NOT_IMAGE_CASES], ids=[c[0] for c in NOT_IMAGE_CASES])
 def test_non_images_are_not_an_image(data):
     result = probe_image(data)
-    assert isinstance(result, Rejection)
-    assert result.reason == Reason.NOT_AN_IMAGE
+    assert isinstance(result, Finding)
+    assert result.problem == Problem.NOT_AN_IMAGE
 
 
 BROKEN_HEADER_CASES = [
@@ -108,16 +108,16 @@ BROKEN_HEADER_CASES = [
 @pytest.mark.parametrize("data", [c[1] for c in BROKEN_HEADER_CASES], ids=[c[0] for c in BROKEN_HEADER_CASES])
 def test_broken_headers_are_rejected_without_raising(data):
     result = probe_image(data)
-    assert isinstance(result, Rejection)
-    assert result.reason in (Reason.NOT_AN_IMAGE, Reason.DECODE_ERROR)
+    assert isinstance(result, Finding)
+    assert result.problem in (Problem.NOT_AN_IMAGE, Problem.BROKEN_IMAGE)
 
 
 def test_webp_bomb_is_refused_by_the_header_parse(pixel_work):
     # Pillow's WebP plugin runs its own size guard before libwebp allocates the canvas,
     # so the probe cannot learn the dimensions; it must still say TOO_MANY_PIXELS.
     result = probe_image(images.webp_bomb(16383, 16383))
-    assert isinstance(result, Rejection)
-    assert result.reason == Reason.TOO_MANY_PIXELS
+    assert isinstance(result, Finding)
+    assert result.problem == Problem.TOO_MANY_PIXELS
     assert "268402689 pixels" in result.message
     assert pixel_work == []
 

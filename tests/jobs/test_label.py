@@ -172,3 +172,36 @@ def test_rope_precision_flag():
     assert label.parse_args([*base, "--rope-precision", "fp32"]).rope_precision == "fp32"
     with pytest.raises(SystemExit):
         label.parse_args([*base, "--rope-precision", "bf16"])
+
+
+def test_other_formats_and_changed_settings(tmp_path, models, capsys):
+    """jobs.label keeps what build_corpus keeps: BMP/TIFF are re-encoded (labelled) or, with
+    --other-formats reject, rejected; a re-run with another task is refused, naming it."""
+    import shutil
+
+    from tests import images as factory
+    from tests.pipeline.test_odd_images import ODD
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("g4_orientation_6.tif", "badwidth.bmp", "orientation_rectangle.jpg"):
+        shutil.copy(ODD / name, images / name)
+    (images / "pattern.bmp").write_bytes(factory.encode(factory.rgb(64, 48), "BMP"))
+    flags = ["--task", "caption", "--max-aspect-ratio", "10"]
+    rows = {r[schema.KEY]: r for r in run_label(tmp_path / "png", models["cogvlm"], str(images), *flags)}
+    assert set(rows) == {"g4_orientation_6.tif", "badwidth.bmp", "orientation_rectangle.jpg", "pattern.bmp"}
+    assert rows["orientation_rectangle.jpg"][schema.IMAGE_FORMAT] == "JPEG"
+    assert rows["badwidth.bmp"][schema.REASON] == R.DECODE_ERROR
+    tiff = rows["g4_orientation_6.tif"]
+    assert (tiff[schema.STATUS], tiff[schema.IMAGE_FORMAT], tiff[schema.ORIGINAL_WIDTH]) == (schema.Status.SUCCESS, "PNG", 590)
+    assert (rows["pattern.bmp"][schema.STATUS], rows["pattern.bmp"][schema.IMAGE_FORMAT]) == (schema.Status.SUCCESS, "PNG")
+
+    rejecting = {r[schema.KEY]: r for r in run_label(tmp_path / "reject", models["cogvlm"], str(images), *flags, "--other-formats", "reject")}
+    assert rejecting["g4_orientation_6.tif"][schema.REASON] == rejecting["pattern.bmp"][schema.REASON] == R.UNSUPPORTED_FORMAT
+    assert rejecting["orientation_rectangle.jpg"][schema.STATUS] == schema.Status.SUCCESS
+
+    capsys.readouterr()
+    argv = ["--input", str(images), "--output", str(tmp_path / "png"), "--model", models["cogvlm"], "--max-new-tokens", "6"]
+    assert label.main(argv + ["--task", "vqa", "--prompt", "What is it?", "--max-aspect-ratio", "10"]) == 2
+    err = capsys.readouterr().err
+    assert 'task: "caption" -> "vqa"' in err and err.count("\n") == 1

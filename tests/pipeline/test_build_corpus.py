@@ -202,3 +202,76 @@ def test_bundled_example_list(tmp_path, monkeypatch):
     stats = json.load(open(os.path.join(out, STATS_FILE)))
     assert stats["kept"] == 6
     assert stats["rejected_by_reason"] == {R.FILE_NOT_FOUND: 1, R.INVALID_URL: 1, R.UNSUPPORTED_SCHEME: 1}
+
+
+def test_real_odd_images_end_to_end_and_a_rerun_with_other_settings(tmp_path, capsys):
+    """Pillow's odd test images (tests/data/odd_images): the job exits 0, every row once, kept
+    images only as jpg/png/webp/gif members; changing --other-formats needs --overwrite."""
+    from tests.pipeline.test_odd_images import KEPT, ODD, REJECTED
+
+    names = sorted(set(KEPT) | set(REJECTED))
+    table = pa.table({"url": [str(ODD / n) for n in names], "caption": names})
+    pq.write_table(table, tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    flags = ["--input", str(tmp_path / "in.parquet"), "--output", out, "--allow-local-files", "--max-aspect-ratio", "10"]
+    assert build_corpus.main(flags) == 0
+    kept, rejected = read_outputs(out)
+    every = {r[schema.CAPTION]: r for r in kept.to_pylist() + rejected.to_pylist()}
+    assert sorted(every) == names and kept.num_rows + rejected.num_rows == len(names)
+    for name, (reason, _) in REJECTED.items():
+        assert every[name][schema.REASON] == reason, (name, every[name][schema.ERROR_MESSAGE])
+    for name, (fmt, size, _) in KEPT.items():
+        assert (every[name][schema.IMAGE_FORMAT], every[name][schema.WIDTH], every[name][schema.HEIGHT]) == (fmt, *size)
+    samples = list(wds.WebDataset(sorted(glob.glob(os.path.join(out, SHARDS_DIR, CORPUS_DIR, "*.tar"))), shardshuffle=False))
+    extensions = {k for s in samples for k in s if not k.startswith("__")} - {"txt", "json"}
+    assert len(samples) == len(KEPT) and extensions <= {"jpg", "png", "webp", "gif"}
+    by_key = {s["__key__"]: s for s in samples}
+    tiff = by_key[every["g4_orientation_6.tif"][schema.KEY]]
+    assert "png" in tiff  # re-encoded, stored under the extension of what it now is
+
+    capsys.readouterr()
+    assert build_corpus.main(flags + ["--other-formats", "reject"]) == 2
+    err = capsys.readouterr().err
+    assert 'other_formats: "png" -> "reject"' in err and "--overwrite" in err and err.count("\n") == 1
+    assert build_corpus.main(flags + ["--other-formats", "reject", "--overwrite"]) == 0
+    kept, rejected = read_outputs(out)
+    every = {r[schema.CAPTION]: r for r in kept.to_pylist() + rejected.to_pylist()}
+    assert len(every) == len(names) == kept.num_rows + rejected.num_rows  # afresh: nothing of the first run left
+    for name, (fmt, _, _) in KEPT.items():
+        other = fmt == "PNG" and not name.endswith(".png")
+        assert every[name][schema.REASON] == (R.UNSUPPORTED_FORMAT if other else None), name
+
+
+def test_a_killed_fetch_worker_is_retried_by_ray_not_rejected(tmp_path, http_server):
+    """A worker that dies mid-batch is not the rows' fault: Ray restarts it and reruns the batch,
+    and every row comes out as it would have (no internal_error, each row once)."""
+    import threading
+
+    # Every batch holds one URL that hangs for the whole --timeout, so the kill lands mid-batch.
+    urls = ([http_server.url("/slow/image.jpg")] * 5 + [http_server.url("/hang/silent")]) * 4
+    pq.write_table(pa.table({"url": urls}), tmp_path / "in.parquet")
+    out = str(tmp_path / "out")
+    argv = ["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS, "--timeout", "4", "--retries", "0", "--download-workers", "1"]
+    codes = []
+    job = threading.Thread(target=lambda: codes.append(build_corpus.main(argv)))
+    job.start()
+
+    def fetch_workers():
+        # The GCS actor table (ray.util.state needs the dashboard, which this test Ray lacks).
+        actors = ray._private.state.actors().values()
+        return [a for a in actors if "FetchAndFilter" in a["ActorClassName"] and a["State"] == "ALIVE"]
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not fetch_workers():
+        time.sleep(0.2)
+    time.sleep(2.0)  # its batch is in flight: the hanging URLs hold it for the whole --timeout
+    (victim,) = fetch_workers()
+    os.kill(victim["Pid"], signal.SIGKILL)
+    job.join(timeout=300)
+    assert codes == [0]
+    restarted = [a for a in ray._private.state.actors().values() if "FetchAndFilter" in a["ActorClassName"]]
+    assert any(a["NumRestarts"] >= 1 or a["Pid"] != victim["Pid"] for a in restarted)
+    kept, rejected = read_outputs(out)
+    rows = kept.to_pylist() + (rejected.to_pylist() if rejected is not None else [])
+    assert sorted(r[schema.KEY] for r in rows) == [make_key(0, i) for i in range(len(urls))]
+    assert [r[schema.REASON] for r in sorted(rows, key=lambda r: r[schema.KEY])] == ([None] * 5 + [R.TIMEOUT]) * 4
