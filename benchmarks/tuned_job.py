@@ -14,6 +14,9 @@ Settings (JSON object, every key optional):
     max_concurrency          the fetch actors' Ray max_concurrency
     light_task_cpus          pipeline.corpus.LIGHT_TASK_CPUS: the CPUs each read/write task reserves,
                              which caps how many run (each in a worker process of its own) at once
+    skip_decode_check        true: the fetch stage keeps original bytes after the header probe
+                             without decoding them (what img2dataset --disable_all_reencoding does);
+                             patched in every Ray worker through a worker_process_setup_hook
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SETTINGS_ENV = "COGSCALE_BENCH_SETTINGS"
 KNOWN = {
     "object_store_memory", "num_workers_soft_limit", "target_max_block_size", "data_object_store_limit",
     "fetch_batch_rows", "max_tasks_in_flight_per_actor", "max_concurrency", "light_task_cpus",
+    "skip_decode_check",
 }  # fmt: skip
 
 
@@ -44,6 +48,8 @@ def apply(settings: dict) -> None:
     original_init = ray.init
 
     def init(*args, **kwargs):
+        if settings.get("skip_decode_check"):
+            kwargs["runtime_env"] = {**(kwargs.get("runtime_env") or {}), "worker_process_setup_hook": "benchmarks.tuned_job.setup_worker"}
         if "object_store_memory" in settings:
             kwargs["object_store_memory"] = int(settings["object_store_memory"])
         if "num_workers_soft_limit" in settings:
@@ -81,6 +87,15 @@ def apply(settings: dict) -> None:
             return map_batches(self, fn, *args, **kwargs)
 
         ray.data.Dataset.map_batches = tuned_map_batches
+
+
+def setup_worker() -> None:
+    """Runs in every Ray worker before it takes work (the settings come in its environment)."""
+    settings = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+    if settings.get("skip_decode_check"):
+        import pipeline.stages
+
+        pipeline.stages.verify_decodes = lambda data, info: None
 
 
 def main() -> int:
