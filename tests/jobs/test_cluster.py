@@ -38,6 +38,7 @@ FILES, ROWS_PER_FILE = 8, 160  # one read task per file: blocks for every fetch 
 # Each /slow/ response takes ~0.4 s; 4 actors x 8 in flight keep the job busy for ~20 s.
 JOB_FLAGS = ["--allow-networks", "127.0.0.1/32", "--timeout", "20", "--retries", "2",
              "--download-workers", "4", "--requests-per-worker", "8", "--shard-size", "80"]  # fmt: skip
+FETCH_ACTOR = "ray::MapWorker("  # the process title of a Ray Data map actor (jobs.build_corpus: the fetch stage)
 ENV = {
     **os.environ,
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -178,7 +179,7 @@ def test_job_finishes_on_the_survivor_when_a_node_dies(tmp_path, cluster, http_s
         before = served()
         # Part-way: the second node runs a fetch actor and a sixth of the rows have been fetched.
         deadline = time.monotonic() + 180
-        while not (served() - before >= total // 6 and any("FetchAndFilter" in p for p in second.processes())):
+        while not (served() - before >= total // 6 and any(p.startswith(FETCH_ACTOR) for p in second.processes())):
             assert job.poll() is None, log_path.read_text()[-3000:] + "\n".join(p[:100] for p in second.processes())
             assert time.monotonic() < deadline, "no fetch actor ran on the second node: " + "\n".join(second.processes())
             time.sleep(0.2)
