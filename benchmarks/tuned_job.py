@@ -66,10 +66,11 @@ def apply(settings: dict) -> None:
         ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
             object_store_memory=int(settings["data_object_store_limit"])
         )
-    if "light_task_cpus" in settings:
-        corpus.LIGHT_TASK_CPUS = float(settings["light_task_cpus"])
-    if "fetch_batch_rows" in settings:
-        corpus.FETCH_BATCH_ROWS = int(settings["fetch_batch_rows"])
+    for key, name, kind in (("light_task_cpus", "LIGHT_TASK_CPUS", float), ("fetch_batch_rows", "FETCH_BATCH_ROWS", int)):
+        if key in settings:
+            if not hasattr(corpus, name):  # renamed in pipeline/corpus.py: say so, never measure nothing
+                sys.exit(f"pipeline.corpus has no {name} any more; update benchmarks/tuned_job.py")
+            setattr(corpus, name, kind(settings[key]))
     if "max_tasks_in_flight_per_actor" in settings:
         strategy = ray.data.ActorPoolStrategy
 
@@ -95,6 +96,8 @@ def setup_worker() -> None:
     if settings.get("skip_decode_check"):
         import pipeline.stages
 
+        if not hasattr(pipeline.stages, "verify_decodes"):
+            raise RuntimeError("pipeline.stages no longer calls verify_decodes; update benchmarks/tuned_job.py")
         pipeline.stages.verify_decodes = lambda data, info: None
 
 
