@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel first: an unpinned torch would pull the newest CUDA build (gigabytes).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo corpus-demo test bench-download bench-model bench-pipeline clean
+.PHONY: setup demo corpus-demo test bench-download bench-memory bench-model bench-pipeline clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: setup
 
 bench-download: setup
 	$(PY) benchmarks/download.py
+
+bench-memory: setup
+	$(PY) benchmarks/memory.py
 
 bench-model: setup
 	$(PY) benchmarks/model.py

@@ -19,6 +19,9 @@ per contender, shows what that fixed cost is. Contenders:
     img2dataset-no-reencode    --disable_all_reencoding True: original bytes, never decoded
     ours-resize                ours with --resize border --image-size 256, the like-for-like of
                                img2dataset's default
+    ours-tuned                 ours through benchmarks/tuned_job.py with --tuned-settings (Ray and
+                               Ray Data settings, or the decode check skipped): levers measured
+                               before they go into the code
 
 Needs nginx (Debian: apt-get install -y nginx) and img2dataset in the environment.
 """
@@ -53,9 +56,15 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "_work"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "download.md"
-CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize")
+CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize", "ours-tuned")
+TUNED_JOB = ROOT / "benchmarks" / "tuned_job.py"
 # (ours, theirs): the throughput ratios reported, each ours / theirs.
-RATIOS = (("ours", "img2dataset"), ("ours", "img2dataset-no-reencode"), ("ours-resize", "img2dataset"))
+RATIOS = (
+    ("ours", "img2dataset"),
+    ("ours", "img2dataset-no-reencode"),
+    ("ours-resize", "img2dataset"),
+    ("ours-tuned", "img2dataset-no-reencode"),
+)
 SAMPLE_SECONDS = 0.2
 PSS_EVERY = 5  # PSS walks every mapping of every process: read it every 5th sample only
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -312,6 +321,8 @@ def command(contender: str, url_list: Path, output: Path, budget: Budget) -> lis
             "--download-workers", str(budget.workers), "--requests-per-worker", str(budget.requests),
             "--timeout", str(budget.timeout), "--shard-size", str(budget.shard_size),
         ]  # fmt: skip
+        if contender == "ours-tuned":
+            cmd[1:3] = [str(TUNED_JOB)]
         return cmd + (["--resize", "border", "--image-size", "256"] if contender == "ours-resize" else [])
     cmd = [
         img2dataset_binary(),
@@ -358,14 +369,17 @@ class Run:
         return self.rows / self.wall
 
 
-def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: Budget, server: int) -> Run:
-    """server: the nginx master's pid, to tell the CPU its workers spend apart from other noise."""
+def run_one(contender: str, url_list: Path, rows: int, work_dir: Path, budget: Budget, server: int, tuned: str = "{}") -> Run:
+    """server: the nginx master's pid, to tell the CPU its workers spend apart from other noise.
+    tuned: the JSON settings of ours-tuned."""
     output = work_dir / "out" / contender
     shutil.rmtree(output, ignore_errors=True)  # ours resumes from an existing output: start clean
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = command(contender, url_list, output, budget)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)  # a fresh embedded Ray, never someone's cluster
+    if contender == "ours-tuned":
+        env["COGSCALE_BENCH_SETTINGS"] = tuned
     log_path = work_dir / "logs" / f"{contender}-{rows}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     busy, server_cpu, own_cpu = machine_busy_seconds(), tree_cpu_seconds(server), time.process_time()
@@ -466,6 +480,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "ours-resize": "decodes, resizes to 256 (border), re-encodes JPEG",
         "img2dataset": "default: decodes, resizes to 256 (border), re-encodes JPEG q95",
         "img2dataset-no-reencode": "`--disable_all_reencoding True`: original bytes, never decoded",
+        "ours-tuned": f"ours with `{args.tuned_settings}`",
     }
     for contender, run in best.items():
         spread = ", ".join(f"{r.urls_per_second:,.0f} ({r.other_cpu:.0f})" for r in throughput if r.contender == contender)
@@ -520,7 +535,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--urls", type=int, default=20_000, help="list size for the throughput comparison (default: %(default)s)")
     parser.add_argument("--sizes", type=_sizes, default=[20_000, 100_000], help="list sizes for peak memory, comma-separated (default: 20000,100000)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS[:4]), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all but ours-tuned)")
     parser.add_argument("--memory-contenders", default="ours,img2dataset-no-reencode", help="who also runs at every --sizes (default: %(default)s)")
     parser.add_argument("--startup-rows", type=int, default=200, help="a list this small, run once per contender, shows start-up and shut-down cost; 0: skip (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender at --urls (default: %(default)s)")
@@ -531,6 +546,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--distinct-images", type=int, default=500, help="distinct JPEGs generated (default: %(default)s)")
     parser.add_argument("--missing-fraction", type=float, default=0.1, help="share of URLs that 404 (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="images, lists, nginx files, logs (default: benchmarks/_work)")
+    parser.add_argument("--tuned-settings", default='{"skip_decode_check": true}', help="JSON settings of ours-tuned, see benchmarks/tuned_job.py (default: %(default)s)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="markdown written here (default: benchmarks/results/download.md)")
     args = parser.parse_args(argv)
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -568,7 +584,7 @@ def main(argv=None) -> int:
             if rows != args.urls or c not in args.contenders or not args.repeats
         ]
         for contender, rows in plan:
-            run = run_one(contender, lists[rows], rows, work_dir, budget, server.process.pid)
+            run = run_one(contender, lists[rows], rows, work_dir, budget, server.process.pid, args.tuned_settings)
             runs.append(run)
             print(
                 f"{contender:<24} {rows:>7} rows  {run.wall:6.1f} s  {run.urls_per_second:7,.0f} URLs/s  "
