@@ -155,6 +155,7 @@ def run(args) -> dict:
 
     template = spec.template or read_template_version(args.model)
     recorded = label_settings(options, spec, template, args.model, args.tokenizer, settings)
+    recorded["rope_precision"] = args.rope_precision  # changes the numbers, so the text
     prepare_output(args.output, "label", recorded, args.overwrite)
     connect(args.address, args.num_cpus)
     os.makedirs(args.output, exist_ok=True)
