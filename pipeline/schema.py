@@ -36,6 +36,7 @@ IMAGE_FORMAT = "image_format"
 
 # Internal columns that travel between stages but are never written to Parquet.
 IMAGE_BYTES = "_image"
+SHARD = "_shard"  # internal: the output shard (a fixed range of input rows) the row belongs to
 
 # --- labels (jobs.label) ----------------------------------------------------------------
 TASK = "task"
@@ -62,6 +63,7 @@ class Status:
     FAILED_TO_DECODE = "failed_to_decode"
     FILTERED = "filtered"
     FAILED_TO_LABEL = "failed_to_label"
+    INTERNAL_ERROR = "internal_error"
 
 
 class Reason:
@@ -74,6 +76,7 @@ class Reason:
     LOCAL_FILE_REFUSED = "local_file_refused"
     MISSING_IMAGE = "missing_image"  # a corpus row without image bytes
     MISSING_PROMPT = "missing_prompt"  # vqa/ground: the row has no question or phrases
+    MALFORMED_INPUT = "malformed_input"  # a line of an input file that does not parse, or damage
     # download
     HTTP_ERROR = "http_error"
     TIMEOUT = "timeout"
@@ -98,6 +101,8 @@ class Reason:
     # labeling
     MODEL_ERROR = "model_error"
     OUT_OF_MEMORY = "out_of_memory"
+    # any stage: an unexpected exception while handling this row alone (type and message kept)
+    INTERNAL_ERROR = "internal_error"
 
 
 # The status each reason belongs to; a rejected row's status is derived, never guessed.
@@ -108,6 +113,7 @@ REASON_STATUS = {
     Reason.LOCAL_FILE_REFUSED: Status.INVALID_INPUT,
     Reason.MISSING_IMAGE: Status.INVALID_INPUT,
     Reason.MISSING_PROMPT: Status.INVALID_INPUT,
+    Reason.MALFORMED_INPUT: Status.INVALID_INPUT,
     Reason.HTTP_ERROR: Status.FAILED_TO_DOWNLOAD,
     Reason.TIMEOUT: Status.FAILED_TO_DOWNLOAD,
     Reason.CONNECTION_ERROR: Status.FAILED_TO_DOWNLOAD,
@@ -128,6 +134,7 @@ REASON_STATUS = {
     Reason.DUPLICATE: Status.FILTERED,
     Reason.MODEL_ERROR: Status.FAILED_TO_LABEL,
     Reason.OUT_OF_MEMORY: Status.FAILED_TO_LABEL,
+    Reason.INTERNAL_ERROR: Status.INTERNAL_ERROR,
 }
 
 
@@ -202,7 +209,7 @@ PREVIEW_FIELDS = [
     pa.field(HEIGHT, pa.int32()),
 ]
 
-INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS]
+INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS, SHARD]
 
 
 def reserved_columns() -> set[str]:
