@@ -38,19 +38,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     options = CorpusOptions.from_args(args)
     try:
-        inputs = url_list_files(args.input, options)
+        inputs = url_list_files(args.input, options)  # before Ray starts: job-level mistakes exit 2
         record_plan(check_output(args.output), "build_corpus", [(f.uri, f.rows) for f in inputs], options.shard_size)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         connect(args.address, args.num_cpus)
         totals = build_corpus(inputs, args.output, options)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        line = job_error(e)
+        line = job_error(e)  # storage errors: one line naming the path; the output stays resumable
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

@@ -15,7 +15,6 @@ file's rows are cut into shards of --shard-size rows, numbered in input order.
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import os
@@ -58,20 +57,13 @@ def input_format(path: str) -> str | None:
     return FORMATS.get(os.path.splitext(name)[1])
 
 
-def _has_magic(spec: str) -> bool:
-    return any(c in spec for c in "*?[")
-
-
 def resolve_input_files(spec: str) -> list[str]:
     """A file, a directory (searched recursively) or a glob, as a sorted list of input URIs."""
     formats = f"{', '.join(sorted(FORMATS))} (optionally .gz)"
     try:
         fs, path = storage.resolve(spec)
-        if _has_magic(path):
-            root = path
-            while _has_magic(root):
-                root = os.path.dirname(root)
-            candidates = [f.path for f in storage.list_files(fs, root, recursive=True) if fnmatch.fnmatch(f.path, path)]
+        if storage.has_magic(path):
+            candidates = [f.path for f in storage.glob(fs, path)]
         else:
             kind = storage.info(fs, path).type
             if kind == pafs.FileType.File:

@@ -10,7 +10,6 @@ folder; their row counts are known before any work starts (see `image_source`).
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import posixpath
@@ -197,11 +196,8 @@ def _corpus_dir(spec: str) -> str | None:
 def _listing(spec: str) -> list[str]:
     """Every file a spec names (a file, a directory searched recursively, or a glob), as URIs."""
     fs, path = storage.resolve(spec)
-    if any(c in path for c in "*?["):
-        root = path
-        while any(c in root for c in "*?["):
-            root = posixpath.dirname(root)
-        found = [f.path for f in storage.list_files(fs, root, recursive=True) if fnmatch.fnmatch(f.path, path)]
+    if storage.has_magic(path):
+        found = [f.path for f in storage.glob(fs, path)]
     else:
         kind = storage.info(fs, path).type
         found = [path] if kind == pafs.FileType.File else [f.path for f in storage.list_files(fs, path, recursive=True)]

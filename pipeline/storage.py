@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -71,9 +72,15 @@ def join(*parts: str) -> str:
     return posixpath.join(*parts)
 
 
+def kind(fs: pafs.FileSystem) -> str:
+    """local, s3, gcs, memory, ...: the store behind a filesystem, wrapped for pyarrow or not."""
+    name = fs.type_name.removeprefix("py::")
+    return name.split("+", 1)[1] if name.startswith("fsspec+") else name
+
+
 def display(fs: pafs.FileSystem, path: str) -> str:
     """The path as the user would write it (s3://bucket/key), for messages."""
-    name = fs.type_name
+    name = kind(fs)
     if name == "local":
         return path
     return f"{'gs' if name == 'gcs' else name}://{path}"
@@ -97,6 +104,41 @@ def list_files(fs: pafs.FileSystem, path: str, recursive: bool = False) -> list[
     except (OSError, pa.ArrowException) as e:
         raise StorageError(display(fs, path), e) from e
     return sorted((f for f in found if f.type == pafs.FileType.File), key=lambda f: f.path)
+
+
+def has_magic(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """Shell glob as in Python's glob with recursive=True: `*` stays inside a folder, `**` does not."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1 : end]
+            out += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+            i = end + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out + r"\Z")
+
+
+def glob(fs: pafs.FileSystem, pattern: str) -> list[pafs.FileInfo]:
+    """Files matching a glob pattern (`*`, `?`, `[...]`, `**`), listed from its fixed prefix."""
+    root = pattern
+    while has_magic(root):
+        root = posixpath.dirname(root)
+    regex = _glob_regex(pattern)
+    return [f for f in list_files(fs, root, recursive=True) if regex.match(f.path)]
 
 
 def makedirs(fs: pafs.FileSystem, path: str) -> None:
@@ -131,7 +173,8 @@ def delete_dir(fs: pafs.FileSystem, path: str) -> None:
 
 def temp_path(final: str, tmp_root: str | None = None) -> str:
     """A unique temporary name for `final`: in tmp_root (an output's _tmp/) or beside it, hidden."""
-    name = f".{posixpath.basename(final)}.{uuid.uuid4().hex[:12]}.tmp"
+    parent = posixpath.basename(posixpath.dirname(final))
+    name = f".{parent}-{posixpath.basename(final)}.{uuid.uuid4().hex[:12]}.tmp"
     return posixpath.join(tmp_root or posixpath.dirname(final), name)
 
 
@@ -145,7 +188,7 @@ def atomic_output(fs: pafs.FileSystem, path: str, tmp_root: str | None = None) -
     """
     tmp = temp_path(path, tmp_root)
     try:
-        if fs.type_name == "local":  # object stores have no directories to make
+        if kind(fs) == "local":  # object stores have no directories to make
             fs.create_dir(posixpath.dirname(tmp), recursive=True)
             fs.create_dir(posixpath.dirname(path), recursive=True)
         stream = fs.open_output_stream(tmp)

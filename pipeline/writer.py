@@ -71,14 +71,12 @@ class SupersededRun(RuntimeError):
 
 
 class OutputDir:
-    """A job's output directory on any filesystem; cheap to pickle (the filesystem re-resolves)."""
+    """A job's output directory on any filesystem. Pickles with its filesystem object (pyarrow's
+    own pickling: a worker resolves credentials on its node, from the same configuration)."""
 
     def __init__(self, uri: str):
         self.uri_ = uri
         self.fs, self.path = storage.resolve(uri)
-
-    def __reduce__(self):
-        return OutputDir, (self.uri_,)
 
     def join(self, *parts: str) -> str:
         return posixpath.join(self.path, *parts)
