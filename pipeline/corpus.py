@@ -35,10 +35,14 @@ FETCH_ACTOR_CPUS = 0.25
 LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O
 
 
+_EMBEDDED_RAY = []  # set when connect() started Ray in this process
+
+
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join a cluster (--address, or RAY_ADDRESS as set by `ray job submit`), else start one here."""
     if ray.is_initialized():
         return
+    _EMBEDDED_RAY.append(True)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     else:
@@ -215,7 +219,18 @@ def build_corpus(inputs: list[InputFile], output: str, options: CorpusOptions) -
 
 
 def job_error(e: BaseException) -> str | None:
-    """One line for a failure that is about storage or the output, not a bug: else None."""
+    """One line for a failure that is about storage or the output, not a bug: else None.
+
+    When this process started Ray, Ray is shut down first: workers' log lines about the failed
+    task are forwarded asynchronously and would otherwise come after the line that matters.
+    """
+    line = _job_error_line(e)
+    if line is not None and _EMBEDDED_RAY and ray.is_initialized():
+        ray.shutdown()
+    return line
+
+
+def _job_error_line(e: BaseException) -> str | None:
     seen = set()
     stack = [e]
     while stack:
@@ -223,9 +238,13 @@ def job_error(e: BaseException) -> str | None:
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
+        cause = getattr(err, "cause", None)  # Ray's RayTaskError(X) wraps X with the traceback text
+        if isinstance(cause, BaseException):
+            stack.append(cause)
+            continue
         if isinstance(err, (storage.StorageError, IncompleteOutput, SupersededRun)):
-            return str(err)
-        stack += [err.__cause__, err.__context__, getattr(err, "cause", None)]
+            return str(err).strip().splitlines()[0]
+        stack += [err.__cause__, err.__context__]
     text = str(e)
     for marker in ("StorageError: ", "SupersededRun: "):
         if marker in text:

@@ -487,7 +487,8 @@ def survey_file(uri: str, columns: ColumnMap) -> InputFile:
     types: dict = {}
     for record in read_records(uri, columns.url_col):
         if isinstance(record, Malformed):
-            rows, bad = rows + 1, bad + 1
+            rows += 1
+            bad += record.line is not None  # damage (a file breaking off) is not a line that failed
             continue
         rows, good = rows + record.num_rows, good + record.num_rows
         names.update(record.schema.names)

@@ -65,7 +65,7 @@ def test_out_of_space_at_every_kind_of_file_then_a_rerun_finishes_exactly_once(t
     kinds = ["plan", "corpus-{}.tar", "corpus-{}.parquet", "rejects-{}.parquet", "stats-{}.json", "totals"]
     for kind in kinds:
         done = committed(out)
-        first_open = next(f"{i:05d}" for i in range(4) if f"{i:05d}" not in done)
+        first_open = next((f"{i:05d}" for i in range(4) if f"{i:05d}" not in done), None)
         if kind == "plan":
             full["pattern"] = r"/\.out-_plan\.json\."
         elif kind == "totals":
@@ -73,11 +73,16 @@ def test_out_of_space_at_every_kind_of_file_then_a_rerun_finishes_exactly_once(t
         else:
             full["pattern"] = r"/\." + kind.format(first_open).replace(".", r"\.") + r"\."
         assert build_corpus.main(argv) == 1, kind
-        last = capsys.readouterr().err.strip().splitlines()[-1]
-        assert last.startswith("error: ") and "No space left on device" in last, last
-        name = {"plan": "_plan.json", "totals": STATS_FILE}.get(kind, kind.format(first_open).split("-", 1)[1])
+        # One line of ours (Ray's own log lines about the failed task may come around it here,
+        # where the test's Ray outlives the job; a job that started Ray shuts it down first).
+        (last,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert "No space left on device" in last, last
+        name = {"plan": "_plan.json", "totals": STATS_FILE}.get(kind) or kind.format(first_open).split("-", 1)[1]
         assert os.path.join(out, "") in last and name in last, last
-        assert first_open not in committed(out), kind  # the shard being written never commits
+        if kind != "totals":
+            assert first_open not in committed(out), kind  # the shard being written never commits
+        else:
+            assert len(committed(out)) == 4  # every shard done; only the totals file is missing
         # Nothing half-written is visible under its real name.
         for path in glob.glob(os.path.join(out, "**", "*"), recursive=True):
             if os.path.isfile(path) and path.endswith(".json") and "/." not in path:
@@ -113,7 +118,7 @@ def test_every_line_of_every_input_file_comes_out_exactly_once(tmp_path, http_se
     )
     jsonl_records = 5
     # 02: a truncated gzip stream of JSON lines.
-    lines = "".join(json.dumps({"url": good if i % 2 else http_server.url("/status/404")}) + "\n" for i in range(60))
+    lines = "".join(json.dumps({"url": good if i % 2 else http_server.url(f"/status/404?n={i}")}) + "\n" for i in range(60))
     packed = gzip.compress(lines.encode())
     truncated = packed[: len(packed) // 2]
     (inputs / "02.jsonl.gz").write_bytes(truncated)
