@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schema, storage
 from pipeline.raycompat import Datasource, read_task
-from pipeline.reader import ROWS_PER_BLOCK, ColumnMap, InputError, Shard, input_format
+from pipeline.reader import ROWS_PER_BLOCK, ColumnMap, InputError, Shard, input_format, rejected_rows
 from pipeline.writer import CORPUS_DIR, SHARDS_DIR, STATS_DIR, OutputDir
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -99,19 +99,39 @@ def _sample_row(sample: dict) -> dict:
     return row
 
 
+class _RejectedRow(dict):
+    """A sample that cannot be made a row (its JSON does not parse, ...): key and why."""
+
+
+def _isolated(samples: Iterator, make_row) -> Iterator[dict]:
+    """make_row per sample; a sample it fails on becomes that row's rejection, the rest go on."""
+    for sample in samples:
+        try:
+            yield make_row(sample)
+        except Exception as e:  # noqa: BLE001 - this sample alone fails: its rejection says why
+            key = str(sample.get("__key__", "")) if isinstance(sample, dict) else str(sample)
+            reason = schema.Reason.MALFORMED_INPUT if isinstance(e, (ValueError, UnicodeError)) else schema.Reason.INTERNAL_ERROR
+            yield _RejectedRow(key=key, reason=reason, message=f"{type(e).__name__}: {e}")
+
+
 def _blocks(rows: Iterator[dict], columns: ColumnMap, shard: int) -> Iterator[pa.Table]:
-    def table(batch):
-        t = _rows_to_table(batch, columns)
-        return t.append_column(schema.SHARD, pa.array([shard] * t.num_rows, pa.int32()))
+    def tables(batch):
+        good = [r for r in batch if not isinstance(r, _RejectedRow)]
+        bad = [r for r in batch if isinstance(r, _RejectedRow)]
+        parts = [_rows_to_table(good, columns)] if good else []
+        for r in bad:
+            parts.append(rejected_rows([r["key"]], r["reason"], [r["message"]]))
+        for t in parts:
+            yield t.append_column(schema.SHARD, pa.array([shard] * t.num_rows, pa.int32()))
 
     batch = []
     for row in rows:
         batch.append(row)
         if len(batch) == ROWS_PER_BLOCK:
-            yield table(batch)
+            yield from tables(batch)
             batch = []
     if batch:
-        yield table(batch)
+        yield from tables(batch)
 
 
 def _parquet_file(uri: str) -> pq.ParquetFile:
@@ -159,9 +179,9 @@ class FileListDatasource(Datasource):
 
         def read() -> Iterator[pa.Table]:
             if kind == "images":
-                yield from _blocks((_image_row(p, root) for p in item), columns, shard.index)
+                yield from _blocks(_isolated(iter(item), lambda p: _image_row(p, root)), columns, shard.index)
             elif kind == "webdataset":
-                yield from _blocks((_sample_row(s) for s in _tar_samples(item)), columns, shard.index)
+                yield from _blocks(_isolated(_tar_samples(item), _sample_row), columns, shard.index)
             else:
                 path, image_col = item
                 yield from _blocks(_parquet_image_rows(path, image_col), columns, shard.index)

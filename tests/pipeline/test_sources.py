@@ -16,7 +16,7 @@ from tests import images
 
 def read_all(made):
     source, counts = made
-    rows = pa.concat_tables([t for task in source.get_read_tasks(1) for t in task()]).to_pylist()
+    rows = pa.concat_tables([t for task in source.get_read_tasks(1) for t in task()], promote_options="permissive").to_pylist()
     assert len(rows) == sum(counts)  # counted before reading, as the shard plan needs
     return rows
 
@@ -69,3 +69,17 @@ def test_url_lists_are_detected_and_empty_inputs_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError):
         detect_format(str(tmp_path / "empty"))
+
+
+def test_a_tar_sample_whose_json_does_not_parse_is_rejected_alone(tmp_path):
+    jpg = images.jpeg()
+    write_tar(tmp_path / "00000.tar", [
+        ("a", {"jpg": jpg, "json": b'{"url": "http://x/a"}'}),
+        ("b", {"jpg": jpg, "json": b'{"url": '}),
+        ("c", {"jpg": jpg, "json": b'{"url": "http://x/c"}'}),
+    ])
+    rows = read_all(image_source("webdataset", str(tmp_path), ColumnMap(), 1000))
+    assert sorted(r[schema.KEY] for r in rows) == ["a", "b", "c"]
+    (bad,) = [r for r in rows if r.get(schema.REASON)]
+    assert bad[schema.KEY] == "b" and bad[schema.REASON] == schema.Reason.MALFORMED_INPUT
+    assert "JSONDecodeError" in bad[schema.ERROR_MESSAGE]
