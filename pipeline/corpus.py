@@ -94,10 +94,18 @@ class FetchUnlessRejected:
         done, todo = table.filter(decided), table.filter(pc.invert(decided))
         if not done.num_rows:
             return await self.stage(todo)
-        parts = [done]
+        parts = [_with_stage_columns(done)]
         if todo.num_rows:
             parts.insert(0, await self.stage(todo))
         return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _with_stage_columns(table: pa.Table) -> pa.Table:
+    """Rows that skip the stage still get every column it adds (null), as later stages expect."""
+    for f in schema.CORPUS_FIELDS + [pa.field(schema.IMAGE_BYTES, pa.binary())]:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table
 
 
 def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, cpus_per_worker: int = 1) -> ray.data.Dataset:

@@ -150,3 +150,21 @@ def test_every_line_of_every_input_file_comes_out_exactly_once(tmp_path, http_se
     assert reason[make_key(3, 0)] == reason[make_key(3, 1)] == R.INVALID_URL
     stats = json.load(open(os.path.join(out, STATS_FILE)))
     assert stats["input_rows"] == len(expected) == stats["kept"] + stats["rejected"]
+
+
+def test_rows_the_reader_rejected_pass_the_fetch_stage_unchanged():
+    import asyncio
+
+    from pipeline.corpus import FetchUnlessRejected
+    from pipeline.options import CorpusOptions
+    from pipeline.reader import rejected_rows
+
+    bad = rejected_rows([make_key(0, 0)], R.MALFORMED_INPUT, ["in.csv, line 2: expected 2 columns, found 3"])
+    only_bad = asyncio.run(FetchUnlessRejected(CorpusOptions())(bad))
+    assert only_bad.column(schema.REASON).to_pylist() == [R.MALFORMED_INPUT]
+    assert {schema.IMAGE_BYTES, schema.SHA256, schema.WIDTH} <= set(only_bad.column_names)  # later stages need them
+    open_row = pa.table({schema.KEY: [make_key(0, 1)], schema.URL: ["not a url"], schema.CAPTION: pa.nulls(1, pa.string())})
+    mixed = pa.concat_tables([bad, open_row], promote_options="permissive")
+    out = asyncio.run(FetchUnlessRejected(CorpusOptions())(mixed)).sort_by(schema.KEY)
+    assert out.column(schema.REASON).to_pylist() == [R.MALFORMED_INPUT, R.INVALID_URL]
+    assert out.column(schema.ERROR_MESSAGE)[0].as_py().startswith("in.csv, line 2")
