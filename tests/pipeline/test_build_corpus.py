@@ -214,3 +214,12 @@ def test_bundled_example_list(tmp_path, monkeypatch):
     stats = json.load(open(os.path.join(out, STATS_FILE)))
     assert stats["kept"] == 6
     assert stats["rejected_by_reason"] == {R.FILE_NOT_FOUND: 1, R.INVALID_URL: 1, R.UNSUPPORTED_SCHEME: 1}
+
+
+def test_output_that_is_a_file_or_not_writable_fails_fast(tmp_path, capsys):
+    pq.write_table(pa.table({"url": ["http://127.0.0.1/a.jpg"]}), tmp_path / "in.parquet")
+    (tmp_path / "taken").write_text("x")
+    for output, needle in ((tmp_path / "taken", "is a file"), (tmp_path / "taken" / "out", "not writable")):
+        assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", str(output)]) == 2
+        (line,) = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
+        assert line.startswith("error: --output") and needle in line, line
