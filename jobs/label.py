@@ -47,7 +47,7 @@ MODEL_ACTOR_CPUS = 0.5
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="URL list(s), a corpus directory, tar/Parquet shards, or a folder of images")
+    p.add_argument("--input", required=True, help="URL list(s), a corpus directory, tar/Parquet shards, or a folder of images; paths or URIs (s3://...)")
     p.add_argument("--input-format", dest="input_format", choices=INPUT_FORMATS, default="auto", help="(default: detected from what is on disk)")
     p.add_argument("--output", required=True, help="output directory, a path or s3://... URI (created; re-running resumes)")
     p.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors), e.g. cogvlm-chat-hf")
