@@ -325,8 +325,7 @@ class ShardSink(Datasink):
         rows = rows.take(first)
         if rows.num_rows != self.counts[shard]:
             return False
-        if shard_name(shard) not in self.out.committed_names():
-            self.commit(shard, rows)
+        self.commit(shard, rows)
         return True
 
     # --- commit ---
@@ -334,11 +333,14 @@ class ShardSink(Datasink):
     def commit(self, shard: int, rows: pa.Table) -> None:
         """Write the shard's files whole, then its stats file, which makes it visible as done."""
         name = shard_name(shard)
+        stats_path = self.out.shard_file(STATS_DIR, name, ".json")
+        if storage.exists(self.out.fs, stats_path):
+            return  # committed already (a retried write task): a finished shard is never rewritten
         self._check_owner()
         rows = rows.sort_by(schema.KEY)
         stats = self.write_shard(name, rows)
         self._check_owner()
-        self.out.write(self.out.shard_file(STATS_DIR, name, ".json"), json.dumps(stats, indent=1).encode())
+        self.out.write(stats_path, json.dumps(stats, indent=1).encode())
 
     def _check_owner(self) -> None:
         owner = self.out.owner()

@@ -120,3 +120,13 @@ def test_shard_stats_counts_reasons():
     assert shard_stats(kept, rejected) == {
         "input_rows": 5, "kept": 2, "rejected": 3, "rejected_by_reason": {"timeout": 2, "too_small": 1}, "bytes": 30,
     }
+
+
+def test_a_committed_shard_is_never_rewritten(tmp_path, monkeypatch):
+    out, sink = sink_for(tmp_path, {0: 1}, monkeypatch)
+    sink.write([rows(["a"], kept={"a"})], None)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").rglob("*") if p.is_file()}
+    sink.write([rows(["a"])], None)  # a retried write task, with another outcome for the row
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").rglob("*") if p.is_file()}
+    assert before == after
+    assert pq.read_table(tmp_path / "shards" / "corpus" / "00000.parquet").num_rows == 1
