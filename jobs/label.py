@@ -19,7 +19,6 @@ import sys
 
 import ray
 
-from pipeline import schema
 from pipeline.corpus import (
     LIGHT_TASK_CPUS,
     check_output,

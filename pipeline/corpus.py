@@ -19,7 +19,7 @@ from pipeline import schema, storage
 from pipeline.options import CorpusOptions
 from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, plan_inputs, resolve_input_files
 from pipeline.stages import DedupIndex, FetchAndFilter
-from pipeline.writer import CORPUS_DIR, SHARDS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
+from pipeline.writer import CORPUS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
 
 PLAN_FILE = "_plan.json"
 
