@@ -5,8 +5,9 @@
 
 --input is a URL list (read, downloaded and filtered exactly as jobs.build_corpus does, with the
 same flags), a jobs.build_corpus output, an img2dataset output (webdataset tars or Parquet with
-image bytes), or a folder of images. Output: Parquet under OUTPUT/shards/labels/, one row per
-input row. Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.
+image bytes), or a folder of images, locally or at a URI (s3://...). Output: Parquet under
+OUTPUT/shards/labels/ (a path or URI), one row per input row; a corpus's shard NNNNN is
+labelled into shard NNNNN. Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.
 Re-running into the same --output labels only the rows still missing; it refuses if the settings
 that shape the rows (task, prompts, template, model, generation, filters) differ from those
 recorded in OUTPUT/settings.json (--overwrite starts the output afresh instead).
@@ -15,45 +16,43 @@ recorded in OUTPUT/settings.json (--overwrite starts the output afresh instead).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 
 import ray
 
 from model.config import ROPE_PRECISIONS
-from pipeline import schema
 from pipeline.corpus import (
     LIGHT_TASK_CPUS,
+    check_output,
     connect,
-    enable_resume,
     fetch_and_filter,
+    job_error,
     read_url_lists,
+    record_plan,
+    run_shards,
     start_dedup_index,
     summary,
     url_list_files,
-    write_shards,
 )
 from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, TaskSpec, prepare_for_model
 from pipeline.options import CorpusOptions, OneLineParser, add_corpus_arguments, number
-from pipeline.reader import ColumnMap, InputError, column_names
+from pipeline.reader import ColumnMap, InputError, cut_shards
 from pipeline.settings import add_overwrite_argument, label_settings, prepare_output
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
-from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, claim_output, read_shard_stats
+from pipeline.writer import LABELS_DIR, LabelSink
 
 PREPARE_BATCH_ROWS = 16
 # The model actor's logical CPU share; its real threads are set from the machine (see run()).
-# Kept below 1 so that, with Ray Data's checkpoint filter actor on a resumed run, a 2-CPU
-# machine still has room to schedule read, preprocess and write tasks.
+# Kept below 1 so that a 2-CPU machine still has room to schedule read, preprocess and write tasks.
 MODEL_ACTOR_CPUS = 0.5
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m jobs.label", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="URL list(s), a corpus directory, tar/Parquet shards, or a folder of images")
+    p.add_argument("--input", required=True, help="URL list(s), a corpus directory, tar/Parquet shards, or a folder of images; paths or URIs (s3://...)")
     p.add_argument("--input-format", dest="input_format", choices=INPUT_FORMATS, default="auto", help="(default: detected from what is on disk)")
-    p.add_argument("--output", required=True, help="output directory (created; re-running resumes)")
+    p.add_argument("--output", required=True, help="output directory, a path or s3://... URI (created; re-running resumes)")
     p.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors), e.g. cogvlm-chat-hf")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory; CogVLM v1 needs Vicuna's)")
 
@@ -120,18 +119,34 @@ def generation_settings(args: argparse.Namespace):
 
 
 def source_dataset(args, options: CorpusOptions):
-    """The input rows, with their URL or image bytes, and the kind of input they came from."""
+    """The input's shards (planned and counted before Ray starts), a function making the Dataset
+    of chosen shards' rows, the kind of input, and the plan to record in the output."""
     kind = detect_format(args.input) if args.input_format == "auto" else args.input_format
     columns = ColumnMap(options.url_col, options.caption_col)
     if kind == "urls":
-        files = url_list_files(args.input, options)
+        inputs = url_list_files(args.input, options)
         for col in (args.prompt_col, args.phrases_col):
-            for path in files:
-                if col and col not in column_names(path):
-                    raise InputError(f"{path}: no column {col!r} for --prompt-col/--phrases-col")
-        return lambda: read_url_lists(files, options), kind
-    source = image_source(kind, args.input, columns)
-    return lambda: ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS), kind
+            for f in inputs:
+                if col and f.rows and col not in _input_columns(f.uri, columns):
+                    raise InputError(f"{f.uri}: no column {col!r} for --prompt-col/--phrases-col")
+        shards = cut_shards([f.rows for f in inputs], options.shard_size)
+        plan = ([(f.uri, f.rows) for f in inputs], options.shard_size)
+        return shards, lambda todo: read_url_lists(inputs, options, todo), kind, plan
+    source, counts = image_source(kind, args.input, columns, options.shard_size)
+
+    def read(todo):
+        source.shards = todo
+        return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
+
+    items = [item if isinstance(item, str) else (item[0] if isinstance(item, tuple) else f"{len(item)} images") for item in source._items]
+    plan = (list(zip(items, counts)), options.shard_size if kind == "images" else None)
+    return list(source.shards), read, kind, plan
+
+
+def _input_columns(uri: str, columns: ColumnMap) -> list[str]:
+    from pipeline.reader import column_names
+
+    return column_names(uri, columns)
 
 
 def model_actors(args) -> tuple[int, float]:
@@ -148,7 +163,7 @@ def run(args) -> dict:
     spec = task_spec(args)
     settings = generation_settings(args)
     check_model_dirs(args.model, args.tokenizer)
-    read, kind = source_dataset(args, options)
+    shards, read, kind, (inputs, shard_size) = source_dataset(args, options)
     if kind == "images":
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})
     from model.processor import read_template_version
@@ -156,44 +171,37 @@ def run(args) -> dict:
     template = spec.template or read_template_version(args.model)
     recorded = label_settings(options, spec, template, args.model, args.tokenizer, settings)
     recorded["rope_precision"] = args.rope_precision  # changes the numbers, so the text
+    out = check_output(args.output)
     prepare_output(args.output, "label", recorded, args.overwrite)
+    record_plan(out, "label", inputs, shard_size)
     connect(args.address, args.num_cpus)
-    os.makedirs(args.output, exist_ok=True)
-    enable_resume(args.output)
     dedup = start_dedup_index(args.output, LABELS_DIR) if options.dedup else None
     actors, gpus_per_actor = model_actors(args)
-    started = time.monotonic()
-    before = read_shard_stats(args.output)["input_rows"]
 
-    ds = fetch_and_filter(read(), options, dedup, cpus_per_worker=2)
-    ds = ds.map_batches(
-        prepare_for_model,
-        fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
-        batch_size=PREPARE_BATCH_ROWS,
-        batch_format="pyarrow",
-        num_cpus=LIGHT_TASK_CPUS,
-    )
-    cpu_threads = None if gpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
-    ds = ds.map_batches(
-        LabelModel,
-        fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
-        fn_constructor_kwargs={"rope_precision": args.rope_precision},
-        batch_size=args.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=gpus_per_actor,
-        num_cpus=MODEL_ACTOR_CPUS,
-    )
-    sink = LabelSink(args.output, claim_output(args.output), args.previews_per_shard)
-    write_shards(ds, sink, options.shard_size)
+    def dataset(todo):
+        ds = fetch_and_filter(read(todo), options, dedup, cpus_per_worker=2)
+        ds = ds.map_batches(
+            prepare_for_model,
+            fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
+            batch_size=PREPARE_BATCH_ROWS,
+            batch_format="pyarrow",
+            num_cpus=LIGHT_TASK_CPUS,
+        )
+        cpu_threads = None if gpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
+        return ds.map_batches(
+            LabelModel,
+            fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
+            fn_constructor_kwargs={"rope_precision": args.rope_precision},
+            batch_size=args.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus_per_actor,
+            num_cpus=MODEL_ACTOR_CPUS,
+        )
 
-    wall = time.monotonic() - started
-    totals = read_shard_stats(args.output)
-    done = totals["input_rows"] - before
-    totals["this_run"] = {"input_rows": done, "wall_seconds": round(wall, 3), "rows_per_second": round(done / wall, 2) if wall else None}
-    with open(os.path.join(args.output, STATS_FILE), "w") as f:
-        json.dump(totals, f, indent=1)
-    return totals
+    return run_shards(
+        out, shards, lambda run_id, counts: LabelSink(args.output, run_id, counts, args.previews_per_shard), dataset
+    )
 
 
 def main(argv=None) -> int:
@@ -203,6 +211,12 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        line = job_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     print(summary(totals, kept_word="labelled"))
     return 0
 

@@ -1,46 +1,48 @@
-"""The corpus builder's dataset: read URL lists, fetch and filter, write shards, resume."""
+"""The corpus builder's dataset: read URL lists, fetch and filter, write shards, resume.
+
+Resuming works on whole shards. Each shard is a fixed range of input rows, planned before Ray
+starts; a re-run skips the shards whose stats file exists (committed) and redoes every other
+shard from its first row. A killed run costs at most the shards it had in flight.
+"""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import time
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
-from ray.data.checkpoint import CheckpointConfig
 
-from pipeline import schema
+from pipeline import schema, storage
 from pipeline.options import CorpusOptions
-from pipeline.reader import ColumnMap, UrlListDatasource, check_inputs, resolve_input_files
+from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, plan_inputs, resolve_input_files
 from pipeline.stages import DedupIndex, FetchAndFilter
-from pipeline.writer import (
-    CHECKPOINT_DIR,
-    CORPUS_DIR,
-    SHARDS_DIR,
-    STATS_FILE,
-    CorpusSink,
-    claim_output,
-    read_shard_stats,
-)
+from pipeline.writer import CORPUS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
+
+PLAN_FILE = "_plan.json"
 
 # Rows per call of the fetch stage. Each call's output becomes one chunk of every column of the
 # shards the writers get: 32-row calls gave a 2000-row shard 63 chunks, 256-row calls 8, and cut
 # the job time of benchmarks/download.py's 20k-URL run from 10.5 to 9.1 s (CPU 22.6 to 20.1 s).
 # Ray Data runs 4 calls at once per actor, so up to 4x this many images wait in an actor.
 FETCH_BATCH_ROWS = 256
-# Logical CPU reservations. Actors hold theirs for the whole run, and on a resumed run Ray Data
-# adds a checkpoint-filter actor that holds a whole CPU; if actors held every CPU, no read or
-# write task could ever be scheduled. The fetch actors' real load is set by --download-workers.
+# Logical CPU reservations. Actors hold theirs for the whole run; if actors held every CPU, no
+# read or write task could ever be scheduled. The fetch actors' real load is set by
+# --download-workers.
 FETCH_ACTOR_CPUS = 0.25
 LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O
+
+
+_EMBEDDED_RAY = []  # set when connect() started Ray in this process
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join a cluster (--address, or RAY_ADDRESS as set by `ray job submit`), else start one here."""
     if ray.is_initialized():
         return
+    _EMBEDDED_RAY.append(True)
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
     else:
@@ -51,36 +53,65 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config={"num_workers_soft_limit": soft_limit})
 
 
-def enable_resume(output_dir: str, key_column: str = schema.KEY) -> None:
-    """Ray Data records each written key under OUTPUT/_checkpoint and skips them next run."""
-    ctx = ray.data.DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column=key_column,
-        checkpoint_path=os.path.join(os.path.abspath(output_dir), CHECKPOINT_DIR),
-        delete_checkpoint_on_success=False,  # a re-run of a finished output must write nothing
-    )
-
-
 def fetch_workers(options: CorpusOptions, cpus_per_worker: int = 1) -> int:
     """--download-workers, else one per CPU (jobs.label: one per two, its model needs CPUs too)."""
     return options.download_workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_worker)
 
 
-def start_dedup_index(output_dir: str, kept_dir: str = CORPUS_DIR):
-    """Seeded from the shards already written, so a resumed run keeps deduplicating against them."""
+def start_dedup_index(output: str, kept_dir: str = CORPUS_DIR):
+    """Seeded from the committed shards, so a resumed run keeps deduplicating against them."""
+    out = OutputDir(output)
     seen = {}
-    for path in glob.glob(os.path.join(output_dir, SHARDS_DIR, kept_dir, "*.parquet")):
-        table = pq.read_table(path, columns=[schema.SHA256, schema.KEY, schema.STATUS])
+    for name in out.committed_names():
+        path = out.shard_file(kept_dir, name, ".parquet")
+        table = _read_parquet(out, path, [schema.SHA256, schema.KEY, schema.STATUS])
         for sha, key, status in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-            if status == schema.Status.SUCCESS:
+            if status == schema.Status.SUCCESS and sha:
                 seen.setdefault(sha, key)
     return DedupIndex.remote(seen)
+
+
+def _read_parquet(out: OutputDir, path: str, columns: list[str]) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(out.fs.open_input_file(path))
+        return file.read(columns=[c for c in columns if c in file.schema_arrow.names])
+    except (OSError, pa.ArrowException) as e:
+        raise storage.StorageError(out.uri(path), e) from e
+
+
+class FetchUnlessRejected:
+    """FetchAndFilter for rows still open; rows the reader already rejected pass unchanged."""
+
+    def __init__(self, options: CorpusOptions, dedup=None):
+        self.stage = FetchAndFilter(options, dedup)
+
+    async def __call__(self, table: pa.Table) -> pa.Table:
+        if schema.STATUS not in table.column_names:
+            return await self.stage(table)
+        decided = pc.is_valid(table.column(schema.STATUS))
+        done, todo = table.filter(decided), table.filter(pc.invert(decided))
+        if not done.num_rows:
+            return await self.stage(todo)
+        parts = [_with_stage_columns(done)]
+        if todo.num_rows:
+            parts.insert(0, await self.stage(todo))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _with_stage_columns(table: pa.Table) -> pa.Table:
+    """Rows that skip the stage still get every column it adds (null), as later stages expect."""
+    for f in schema.CORPUS_FIELDS + [pa.field(schema.IMAGE_BYTES, pa.binary())]:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table
 
 
 def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, cpus_per_worker: int = 1) -> ray.data.Dataset:
     """dedup: a DedupIndex handle, required when options.dedup is set."""
     return ds.map_batches(
-        FetchAndFilter,
+        FetchUnlessRejected,
         fn_constructor_args=(options, dedup),
         batch_size=FETCH_BATCH_ROWS,
         batch_format="pyarrow",
@@ -89,44 +120,144 @@ def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, c
     )
 
 
-def write_shards(ds: ray.data.Dataset, sink, shard_size: int) -> None:
-    """One shard per block of at most shard_size rows (streaming: nothing waits for the whole set)."""
-    ds = ds.repartition(target_num_rows_per_block=shard_size)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+def url_list_files(input_spec: str, options: CorpusOptions) -> list[InputFile]:
+    """The input files, read through once and counted: raises InputError (before Ray starts)
+    on a job-level mistake, naming every file that cannot be read."""
+    return plan_inputs(resolve_input_files(input_spec), ColumnMap(options.url_col, options.caption_col))
 
 
-def url_list_files(input_spec: str, options: CorpusOptions) -> list[str]:
-    """The input files, checked: raises InputError (before Ray starts) on a job-level mistake."""
-    files = resolve_input_files(input_spec)
-    check_inputs(files, ColumnMap(options.url_col, options.caption_col))
-    return files
-
-
-def read_url_lists(files: list[str], options: CorpusOptions) -> ray.data.Dataset:
-    source = UrlListDatasource(files, ColumnMap(options.url_col, options.caption_col))
+def read_url_lists(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
+    source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards)
     return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
 
 
-def build_corpus(files: list[str], output_dir: str, options: CorpusOptions) -> dict:
-    """Run the whole job into output_dir; returns the totals also written to stats.json."""
-    os.makedirs(output_dir, exist_ok=True)
-    enable_resume(output_dir)  # before the dataset exists: it copies the context when made
-    ds = read_url_lists(files, options)
-    dedup = start_dedup_index(output_dir) if options.dedup else None
+class IncompleteOutput(RuntimeError):
+    """The job ended with shards not committed; a re-run finishes them."""
+
+
+def check_output(uri: str) -> OutputDir:
+    """Fail before Ray starts when --output cannot be written (exit 2 via InputError)."""
+    try:
+        storage.check_writable(uri)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    return OutputDir(uri)
+
+
+def record_plan(out: OutputDir, job: str, inputs: list[tuple[str, int]], shard_size: int | None) -> None:
+    """The output's shard plan: a re-run must plan the same shards, or refuse before Ray starts."""
+    plan = {"job": job, "shard_size": shard_size, "inputs": [[uri, rows] for uri, rows in inputs]}
+    path = out.join(PLAN_FILE)
+    if storage.exists(out.fs, path):
+        try:
+            before = json.loads(storage.read_bytes(out.fs, path))
+        except ValueError:
+            before = None
+        if before is not None and before != plan:
+            what = []
+            if before.get("job") != plan["job"]:
+                what.append(f"it was written by {before.get('job')}")
+            if before.get("shard_size") != plan["shard_size"]:
+                what.append(f"--shard-size was {before.get('shard_size')}")
+            if before.get("inputs") != plan["inputs"]:
+                what.append(f"--input had {len(before.get('inputs') or [])} files / {sum(r for _, r in before.get('inputs') or [])} rows, now {len(inputs)} / {sum(r for _, r in inputs)}")
+            raise InputError(
+                f"--output {out.uri_} was started with another plan ({'; '.join(what) or 'different inputs'}): "
+                "re-run with the same --input and --shard-size, or write to a new --output"
+            )
+        if before == plan:
+            return
+    out.write(path, json.dumps(plan, indent=1).encode())
+
+
+def empty_rows() -> pa.Table:
+    """A shard without rows still gets its (empty) files."""
+    fields = schema.CORPUS_FIELDS + [pa.field(schema.IMAGE_BYTES, pa.binary()), pa.field(schema.THUMBNAIL, pa.binary()), pa.field(schema.SHARD, pa.int32())]
+    return pa.schema(fields).empty_table()
+
+
+def run_shards(out: OutputDir, shards: list[Shard], make_sink, make_dataset) -> dict:
+    """Process every shard not yet committed; returns the totals also written to stats.json.
+
+    make_sink(run_id, counts) -> ShardSink; make_dataset(shards) -> the Dataset of those shards'
+    rows, ready to write.
+    """
+    run_id = out.claim()  # waits out a killed run's last writers before listing what is done
+    committed = out.committed()
+    before = out.read_shard_stats()["input_rows"]
+    todo = [s for s in shards if s.index not in committed]
+    sink: ShardSink = make_sink(run_id, {s.index: s.num_rows for s in shards})
     started = time.monotonic()
-    before = read_shard_stats(output_dir)["input_rows"]
-    sink = CorpusSink(output_dir, claim_output(output_dir))
-    write_shards(fetch_and_filter(ds, options, dedup), sink, options.shard_size)
+    for shard in [s for s in todo if s.num_rows == 0]:
+        sink.on_write_start()
+        sink.commit(shard.index, empty_rows())
+    todo = [s for s in todo if s.num_rows]
+    if todo:
+        ds = make_dataset(todo)
+        ds = ds.repartition(target_num_rows_per_block=max(s.num_rows for s in todo))
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
     wall = time.monotonic() - started
-    totals = read_shard_stats(output_dir)
+    missing = [s for s in todo if s.index not in out.committed() and not sink.assemble_if_complete(s.index)]
+    if missing:
+        names = ", ".join(shard_name(s.index) for s in missing[:10])
+        raise IncompleteOutput(f"{len(missing)} shards were not completed ({names}{', ...' if len(missing) > 10 else ''}); re-run to finish them")
+    totals = out.read_shard_stats()
     totals["this_run"] = {
         "input_rows": totals["input_rows"] - before,
         "wall_seconds": round(wall, 3),
         "rows_per_second": round((totals["input_rows"] - before) / wall, 2) if wall > 0 else None,
     }
-    with open(os.path.join(output_dir, STATS_FILE), "w") as f:
-        json.dump(totals, f, indent=1)
+    out.write_totals(totals)
+    out.clean_tmp()
     return totals
+
+
+def build_corpus(inputs: list[InputFile], output: str, options: CorpusOptions) -> dict:
+    """Run the whole job into output (a path or URI); returns the totals also in stats.json."""
+    out = OutputDir(output)
+    shards = cut_shards([f.rows for f in inputs], options.shard_size)
+    record_plan(out, "build_corpus", [(f.uri, f.rows) for f in inputs], options.shard_size)
+    dedup = start_dedup_index(output) if options.dedup else None
+    return run_shards(
+        out,
+        shards,
+        lambda run_id, counts: CorpusSink(output, run_id, counts),
+        lambda todo: fetch_and_filter(read_url_lists(inputs, options, todo), options, dedup),
+    )
+
+
+def job_error(e: BaseException) -> str | None:
+    """One line for a failure that is about storage or the output, not a bug: else None.
+
+    When this process started Ray, Ray is shut down first: workers' log lines about the failed
+    task are forwarded asynchronously and would otherwise come after the line that matters.
+    """
+    line = _job_error_line(e)
+    if line is not None and _EMBEDDED_RAY and ray.is_initialized():
+        ray.shutdown()
+    return line
+
+
+def _job_error_line(e: BaseException) -> str | None:
+    seen = set()
+    stack = [e]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        cause = getattr(err, "cause", None)  # Ray's RayTaskError(X) wraps X with the traceback text
+        if isinstance(cause, BaseException):
+            stack.append(cause)
+            continue
+        if isinstance(err, (storage.StorageError, IncompleteOutput, SupersededRun)):
+            return str(err).strip().splitlines()[0]
+        stack += [err.__cause__, err.__context__]
+    text = str(e)
+    for marker in ("StorageError: ", "SupersededRun: "):
+        if marker in text:
+            return text.split(marker, 1)[1].splitlines()[0]
+    return None
 
 
 def summary(totals: dict, kept_word: str = "kept") -> str:

@@ -1,35 +1,41 @@
-"""Read URL lists (Parquet, CSV, TSV, JSON Lines, plain text; gzip allowed) as a Ray Datasource.
+"""Read URL lists (Parquet, CSV, TSV, JSON Lines, plain text; gzip allowed), locally or from any
+store pipeline.storage knows, as a Ray Datasource.
+
+Input files are untrusted. A line that does not parse becomes one row rejected as
+`malformed_input` (file, line, start of the raw text) and reading goes on; a damaged file (a
+truncated gzip stream, a broken Parquet page) keeps the rows before the damage and records the
+damage as one more rejected row. A file that cannot be read as its format at all stops the job
+before Ray starts (see `plan_inputs`), naming every such file.
 
 Each row gets a stable `key` from its file's position in the sorted file list and its row
-number in that file, so the same input always yields the same keys. Resuming a killed job
-depends on that: Ray Data's checkpoint filter drops rows whose key was already written.
+number in that file (malformed rows count too), so the same input always yields the same keys
+and the same shards: `plan_inputs` counts every file's rows before any work starts, and each
+file's rows are cut into shards of --shard-size rows, numbered in input order.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
 
-from pipeline import schema
+from pipeline import schema, storage
+from pipeline.raycompat import Datasource, read_task
+from pipeline.records import (  # noqa: F401 - FORMATS, ROWS_PER_BLOCK, input_format: part of this module's API
+    FORMATS,
+    ROWS_PER_BLOCK,
+    Malformed,
+    Unreadable,
+    csv_header,
+    input_format,
+    read_records,
+)
 
-FORMATS = {
-    ".parquet": "parquet",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".txt": "txt",
-}
-ROWS_PER_BLOCK = 1024
 KEY_FILE_DIGITS = 5
 KEY_ROW_DIGITS = 9
 
@@ -38,36 +44,27 @@ class InputError(ValueError):
     """A job-level input mistake: the message says what to fix."""
 
 
-def input_format(path: str) -> str | None:
-    name = path.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    return FORMATS.get(os.path.splitext(name)[1])
-
-
 def resolve_input_files(spec: str) -> list[str]:
-    """A file, a directory (searched recursively) or a glob, as a sorted list of input files."""
-    if os.path.isdir(spec):
-        candidates = [
-            os.path.join(root, name) for root, _, names in os.walk(spec) for name in names
-        ]
-    elif glob.has_magic(spec):
-        candidates = glob.glob(spec, recursive=True)
-    elif os.path.isfile(spec):
-        if input_format(spec) is None:
-            raise InputError(
-                f"--input {spec}: unknown format; use one of "
-                f"{', '.join(sorted(FORMATS))} (optionally .gz)"
-            )
-        return [spec]
-    else:
-        raise InputError(f"--input {spec}: no such file, directory or glob match")
-    files = sorted(p for p in candidates if os.path.isfile(p) and input_format(p))
+    """A file, a directory (searched recursively) or a glob, as a sorted list of input URIs."""
+    formats = f"{', '.join(sorted(FORMATS))} (optionally .gz)"
+    try:
+        fs, path = storage.resolve(spec)
+        if storage.has_magic(path):
+            candidates = [f.path for f in storage.glob(fs, path)]
+        else:
+            kind = storage.info(fs, path).type
+            if kind == pafs.FileType.File:
+                if input_format(path) is None:
+                    raise InputError(f"--input {spec}: unknown format; use one of {formats}")
+                return [storage.display(fs, path)]
+            if kind == pafs.FileType.NotFound:
+                raise InputError(f"--input {spec}: no such file, directory or glob match")
+            candidates = [f.path for f in storage.list_files(fs, path, recursive=True)]
+    except storage.StorageError as e:
+        raise InputError(f"--input {spec}: {e.error}") from e
+    files = sorted(storage.display(fs, p) for p in candidates if input_format(p) and not os.path.basename(p).startswith("."))
     if not files:
-        raise InputError(
-            f"--input {spec}: no input files found (looked for {', '.join(sorted(FORMATS))}, "
-            "optionally .gz)"
-        )
+        raise InputError(f"--input {spec}: no input files found (looked for {formats})")
     if len(files) >= 10**KEY_FILE_DIGITS:
         raise InputError(f"--input {spec}: {len(files)} files; at most {10**KEY_FILE_DIGITS - 1}")
     return files
@@ -77,48 +74,7 @@ def make_key(file_index: int, row_index: int) -> str:
     return f"{file_index:0{KEY_FILE_DIGITS}d}{row_index:0{KEY_ROW_DIGITS}d}"
 
 
-def _csv_reader(path: str, delimiter: str) -> pacsv.CSVStreamingReader:
-    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    with pa.input_stream(path, compression="detect") as f:
-        names = pacsv.open_csv(f, parse_options=parse).schema.names
-    # Text columns stay text: a uid "00123" must come out as it went in.
-    convert = pacsv.ConvertOptions(
-        column_types={n: pa.string() for n in names}, strings_can_be_null=False
-    )
-    return pacsv.open_csv(
-        pa.input_stream(path, compression="detect"),
-        parse_options=parse,
-        convert_options=convert,
-        read_options=pacsv.ReadOptions(block_size=1 << 20),
-    )
-
-
-def _raw_batches(path: str, fmt: str, url_col: str) -> Iterator[pa.RecordBatch]:
-    if fmt == "parquet":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BLOCK)
-    elif fmt in ("csv", "tsv"):
-        yield from _csv_reader(path, "," if fmt == "csv" else "\t")
-    elif fmt == "jsonl":
-        with pa.input_stream(path, compression="detect") as f:
-            yield from pajson.read_json(f).to_batches(ROWS_PER_BLOCK)
-    else:  # txt: one URL per line; blank lines are not rows
-        with pa.input_stream(path, compression="detect") as f:
-            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
-        urls = [ln for ln in lines if ln]
-        for start in range(0, len(urls), ROWS_PER_BLOCK):
-            yield pa.record_batch({url_col: pa.array(urls[start : start + ROWS_PER_BLOCK], pa.string())})
-
-
-def column_names(path: str) -> list[str]:
-    """Column names of a structured input file (never called for plain text)."""
-    fmt = input_format(path)
-    if fmt == "parquet":
-        return pq.read_schema(path).names
-    if fmt in ("csv", "tsv"):
-        return _csv_reader(path, "," if fmt == "csv" else "\t").schema.names
-    for batch in _raw_batches(path, fmt, url_col=""):
-        return batch.schema.names
-    return []
+# --- rows -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -153,47 +109,203 @@ class ColumnMap:
         return pa.table(columns)
 
 
-def check_inputs(files: list[str], columns: ColumnMap) -> None:
-    """Fail fast, before any work starts, when a file lacks the url column."""
-    for path in files:
-        if input_format(path) == "txt":
+def rejected_rows(keys: list[str], reason: str, messages: list[str]) -> pa.Table:
+    """Rows that are rejected before any stage sees them: key, outcome, nothing else."""
+    n = len(keys)
+    status = schema.REASON_STATUS[reason]
+    return pa.table(
+        {
+            schema.KEY: pa.array(keys, pa.string()),
+            schema.URL: pa.nulls(n, pa.string()),
+            schema.CAPTION: pa.nulls(n, pa.string()),
+            schema.STATUS: pa.array([status] * n, pa.string()),
+            schema.REASON: pa.array([reason] * n, pa.string()),
+            schema.ERROR_MESSAGE: pa.array(messages, pa.string()),
+        }
+    )
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def rows_of_batch(columns: ColumnMap, batch: pa.RecordBatch, file_index: int, first_row: int) -> pa.Table:
+    """A batch as rows; if converting it fails, each row alone, and a row that still fails is
+    rejected as internal_error with the exception's type and message."""
+    try:
+        return columns.to_rows(batch, file_index, first_row)
+    except Exception:  # noqa: BLE001 - decided row by row below
+        pass
+    tables = []
+    for i in range(batch.num_rows):
+        try:
+            tables.append(columns.to_rows(batch.slice(i, 1), file_index, first_row + i))
+        except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
+            tables.append(rejected_rows([make_key(file_index, first_row + i)], schema.Reason.INTERNAL_ERROR, [_error_text(e)]))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+# --- the plan: every file's rows counted, cut into shards, before Ray starts ----------------------
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    rows: int  # records, malformed ones included: each becomes exactly one output row
+    json_types: dict | None = None  # JSON Lines: the file's column types, unified over all lines
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A fixed range of one input's rows; output files are named after `index` (see writer)."""
+
+    index: int
+    source: int  # index of the input file (or item) it comes from
+    first_row: int
+    num_rows: int
+
+
+def cut_shards(row_counts: list[int], shard_size: int) -> list[Shard]:
+    """Each input's rows in runs of shard_size, numbered in input order (as img2dataset does)."""
+    shards = []
+    for source, rows in enumerate(row_counts):
+        for first in range(0, rows, shard_size):
+            shards.append(Shard(len(shards), source, first, min(shard_size, rows - first)))
+    return shards
+
+
+def _unify_json_types(batch: pa.RecordBatch, types: dict) -> None:
+    for field_ in batch.schema:
+        known = types.get(field_.name)
+        if known is None or pa.types.is_null(known):
+            types[field_.name] = field_.type
+        elif not pa.types.is_null(field_.type) and known != field_.type:
+            try:
+                types[field_.name] = pa.unify_schemas(
+                    [pa.schema([pa.field("x", known)]), pa.schema([pa.field("x", field_.type)])], promote_options="permissive"
+                ).field("x").type
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                types[field_.name] = pa.string()  # values of several kinds: kept as JSON text
+
+
+def survey_file(uri: str, columns: ColumnMap) -> InputFile:
+    """Read a whole file once, as the job will: its row count, and for JSON Lines its column types.
+
+    Raises Unreadable (the file is not its format, or lacks the url column) or StorageError.
+    """
+    fmt = input_format(uri)
+    rows = good = bad = 0
+    names: set[str] = set()
+    types: dict = {}
+    for record in read_records(uri, columns.url_col):
+        if isinstance(record, Malformed):
+            rows += 1
+            bad += record.line is not None  # damage (a file breaking off) is not a line that failed
             continue
-        names = column_names(path)
-        if columns.url_col not in names:
-            raise InputError(
-                f"{path}: no column {columns.url_col!r} (columns: {', '.join(names) or 'none'}); "
-                f"pass --url-col with the name of the column that holds the image URLs"
-            )
+        rows, good = rows + record.num_rows, good + record.num_rows
+        names.update(record.schema.names)
+        if fmt == "jsonl":
+            _unify_json_types(record, types)
+    if fmt == "parquet":
+        fs, path = storage.resolve(uri)
+        if storage.info(fs, path).size:
+            names.update(pq.read_schema(fs.open_input_file(path)).names)
+    elif fmt in ("csv", "tsv") and rows == 0:
+        names.update(csv_header(uri))
+    if fmt == "jsonl" and bad and not good:
+        raise Unreadable(f"no line is a JSON object ({bad} lines tried)")
+    if fmt != "txt" and (good or names) and columns.url_col not in names:
+        raise Unreadable(
+            f"no column {columns.url_col!r} (columns: {', '.join(sorted(names)) or 'none'}); "
+            "pass --url-col with the name of the column that holds the image URLs"
+        )
+    return InputFile(uri, rows, {k: v for k, v in types.items()} if fmt == "jsonl" else None)
 
 
+def plan_inputs(files: list[str], columns: ColumnMap) -> list[InputFile]:
+    """Survey every input file before any work starts; one InputError names every bad file."""
+    surveyed, problems = [], []
+    for uri in files:
+        try:
+            surveyed.append(survey_file(uri, columns))
+        except (Unreadable, storage.StorageError) as e:
+            problems.append(f"{uri} ({e.error if isinstance(e, storage.StorageError) else e})")
+    if problems:
+        raise InputError(f"cannot read {len(problems)} input file{'s' if len(problems) > 1 else ''}: " + "; ".join(problems))
+    return surveyed
+
+
+def column_names(uri: str, columns: ColumnMap | None = None) -> list[str]:
+    """Column names of a structured input file, in our output naming of the input (raw names)."""
+    columns = columns or ColumnMap()
+    for record in read_records(uri, columns.url_col):
+        if not isinstance(record, Malformed):
+            return record.schema.names
+    fmt = input_format(uri)
+    return csv_header(uri) if fmt in ("csv", "tsv") else []
+
+
+def check_inputs(files: list[str], columns: ColumnMap) -> list[InputFile]:
+    """Kept for callers that only validate: the plan's checks (url column, readable files)."""
+    return plan_inputs(files, columns)
+
+
+# --- the datasource ---------------------------------------------------------------------------
+
+
+@dataclass
 class UrlListDatasource(Datasource):
-    """One read task per input file; rows keyed by (file index, row number)."""
+    """One read task per input file with shards to do; each row tagged with its shard."""
 
-    def __init__(self, files: list[str], columns: ColumnMap):
-        self._files = files
-        self._columns = columns
+    inputs: list[InputFile]
+    columns: ColumnMap
+    shards: list[Shard] = field(default_factory=list)  # the shards to produce (all, or those left)
+
+    def __post_init__(self):
+        if not self.shards:
+            self.shards = cut_shards([f.rows for f in self.inputs], 10**12)
 
     def estimate_inmemory_data_size(self) -> int | None:
-        return sum(os.path.getsize(p) for p in self._files)
+        return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-        return [self._read_task(i, path) for i, path in enumerate(self._files)]
+        by_file: dict[int, list[Shard]] = {}
+        for shard in self.shards:
+            by_file.setdefault(shard.source, []).append(shard)
+        return [self._read_task(i, shards) for i, shards in sorted(by_file.items())]
 
-    def _read_task(self, file_index: int, path: str) -> ReadTask:
-        columns = self._columns
-        fmt = input_format(path)
+    def _read_task(self, file_index: int, shards: list[Shard]):
+        columns, source = self.columns, self.inputs[file_index]
+        return read_task(lambda: read_shards(source, file_index, shards, columns), (source.uri,))
 
-        def read() -> Iterator[pa.Table]:
-            row = 0
-            for batch in _raw_batches(path, fmt, columns.url_col):
-                if batch.num_rows:
-                    yield columns.to_rows(batch, file_index, row)
-                    row += batch.num_rows
 
-        meta = BlockMetadata(
-            num_rows=None,
-            size_bytes=os.path.getsize(path),
-            exec_stats=None,
-            input_files=(path,),
-        )
-        return ReadTask(read, meta)
+def _shard_ids(shards: list[Shard], first_row: int, n: int) -> tuple[pa.Array, pa.Array]:
+    """For rows first_row..first_row+n of a file: whether each is wanted, and its shard index."""
+    firsts = np.array([s.first_row for s in shards])
+    ends = firsts + np.array([s.num_rows for s in shards])
+    rows = np.arange(first_row, first_row + n)
+    at = np.searchsorted(firsts, rows, side="right") - 1
+    wanted = (at >= 0) & (rows < ends[np.maximum(at, 0)])
+    ids = np.where(wanted, np.array([s.index for s in shards])[np.maximum(at, 0)], -1)
+    return pa.array(wanted), pa.array(ids, pa.int32())
+
+
+def read_shards(source: InputFile, file_index: int, shards: list[Shard], columns: ColumnMap) -> Iterator[pa.Table]:
+    """The rows of the wanted shards of one file, each with its shard index in schema.SHARD."""
+    shards = sorted(shards, key=lambda s: s.first_row)
+    row = 0
+    last = shards[-1].first_row + shards[-1].num_rows
+    for record in read_records(source.uri, columns.url_col, source.json_types):
+        if row >= last:
+            return
+        if isinstance(record, Malformed):
+            table = rejected_rows([make_key(file_index, row)], schema.Reason.MALFORMED_INPUT, [record.message(source.uri)])
+        else:
+            table = rows_of_batch(columns, record, file_index, row)
+        wanted, ids = _shard_ids(shards, row, table.num_rows)
+        row += table.num_rows
+        table = table.append_column(schema.SHARD, ids).filter(wanted)
+        if table.num_rows:
+            yield table
+    if row < last:
+        raise storage.StorageError(source.uri, f"has {row} rows now, {source.rows} when the job was planned: the input changed")

@@ -38,6 +38,7 @@ IMAGE_FORMAT = "image_format"
 
 # Internal columns that travel between stages but are never written to Parquet.
 IMAGE_BYTES = "_image"
+SHARD = "_shard"  # internal: the output shard (a fixed range of input rows) the row belongs to
 
 # --- labels (jobs.label) ----------------------------------------------------------------
 TASK = "task"
@@ -77,6 +78,7 @@ class Reason:
     LOCAL_FILE_REFUSED = "local_file_refused"
     MISSING_IMAGE = "missing_image"  # a corpus row without image bytes
     MISSING_PROMPT = "missing_prompt"  # vqa/ground: the row has no question or phrases
+    MALFORMED_INPUT = "malformed_input"  # a line of an input file that does not parse, or damage
     # download
     HTTP_ERROR = "http_error"
     TIMEOUT = "timeout"
@@ -114,6 +116,7 @@ REASON_STATUS = {
     Reason.LOCAL_FILE_REFUSED: Status.INVALID_INPUT,
     Reason.MISSING_IMAGE: Status.INVALID_INPUT,
     Reason.MISSING_PROMPT: Status.INVALID_INPUT,
+    Reason.MALFORMED_INPUT: Status.INVALID_INPUT,
     Reason.HTTP_ERROR: Status.FAILED_TO_DOWNLOAD,
     Reason.TIMEOUT: Status.FAILED_TO_DOWNLOAD,
     Reason.CONNECTION_ERROR: Status.FAILED_TO_DOWNLOAD,
@@ -229,7 +232,7 @@ PREVIEW_FIELDS = [
     pa.field(HEIGHT, pa.int32()),
 ]
 
-INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS]
+INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS, SHARD]
 
 
 def reserved_columns() -> set[str]:

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from pipeline import storage
+from pipeline.corpus import PLAN_FILE
 from pipeline.options import CorpusOptions
 from pipeline.reader import InputError
-from pipeline.writer import CHECKPOINT_DIR, RUN_FILE, SHARDS_DIR, STATS_FILE
+from pipeline.writer import RUN_FILE, SHARDS_DIR, STATS_FILE
 
 SETTINGS_FILE = "settings.json"
 FORMAT = 1  # of settings.json itself
@@ -38,7 +40,7 @@ FORMAT = 1  # of settings.json itself
 # Every other field is recorded; test_settings checks that each field is in exactly one list.
 NOT_ROW_SHAPING = ("timeout", "retries", "download_workers", "requests_per_worker", "shard_size")
 # Entries that mark a directory as an output of ours (a run claimed it, or recorded settings).
-OUR_ENTRIES = (SETTINGS_FILE, RUN_FILE, CHECKPOINT_DIR, SHARDS_DIR, STATS_FILE)
+OUR_ENTRIES = (SETTINGS_FILE, RUN_FILE, PLAN_FILE, storage.TMP_DIR, SHARDS_DIR, STATS_FILE)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
@@ -79,9 +81,7 @@ def label_settings(options: CorpusOptions, spec, template: str, model_dir: str, 
 
 def output_filesystem(output: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for an --output: a local path (relative ones too) or a URI."""
-    if "://" not in output:
-        return pafs.LocalFileSystem(), str(Path(output).expanduser().absolute())
-    return pafs.FileSystem.from_uri(output)
+    return storage.resolve(output)
 
 
 def prepare_output(output: str, job: str, settings: dict, overwrite: bool = False) -> None:
@@ -142,17 +142,11 @@ def _entries(fs: pafs.FileSystem, root: str) -> set[str]:
 
 
 def _read_json(fs: pafs.FileSystem, path: str) -> dict:
-    with fs.open_input_stream(path) as f:
-        raw = f.read()
     try:
-        return json.loads(raw)
+        return json.loads(storage.read_bytes(fs, path))
     except ValueError as e:
         raise InputError(f"{path} is not valid JSON ({e}): fix or delete it, or add --overwrite to start afresh") from e
 
 
 def _write_json_atomically(fs: pafs.FileSystem, path: str, value: dict) -> None:
-    """Written under a temporary name and moved into place: a reader never sees half a file."""
-    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}")
-    with fs.open_output_stream(tmp) as f:
-        f.write((json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
-    fs.move(tmp, path)
+    storage.write_atomic(fs, path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())

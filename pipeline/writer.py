@@ -1,47 +1,49 @@
-"""Write shards. Corpus: for each block a webdataset tar of kept samples with a Parquet file
-beside it, a Parquet file of rejected rows, and a stats file. Labels: one Parquet of every row
-and a Parquet of a few thumbnails for jobs.report.
+"""Write shards with predictable names, each visible only when complete, never rewritten.
 
-All files of one write task share one basename. Ray Data's checkpointing relies on that: a task
-killed before its commit leaves a pending checkpoint named after the basename, and the next
-run deletes every file starting with it before redoing those rows.
+A shard is a fixed range of input rows decided before any work starts (pipeline.reader.cut_shards
+for URL lists, pipeline.sources for inputs that hold images), named by its number: 00000,
+00001, ... in input order. All files of a shard share the name, so training loaders address
+them with brace patterns (`shards/corpus/{00000..00099}.tar`).
 
-Layout under OUTPUT:
-    shards/corpus/BASE.tar       kept samples: BASE-KEY.{jpg,png,...}, .txt (caption), .json (row)
-    shards/corpus/BASE.parquet   one row per kept sample (img2dataset's columns + ours + input's)
-    shards/rejects/BASE.parquet  one row per rejected input row, with status, reason, message
-    shards/labels/BASE.parquet   jobs.label: every row of the shard, labelled or failed
-    shards/previews/BASE.parquet jobs.label: a few thumbnails (key, JPEG, original size)
-    shards/stats/BASE.json       counts for this shard
-    _checkpoint/                 Ray Data's record of finished keys (outside shards/ on purpose:
-                                 its cleanup lists shards/ recursively by basename prefix)
-    _run                         the id of the run that owns the output now (see claim_output)
-    stats.json                   totals over all shards, written when the job ends
+Layout under OUTPUT (a local directory or any pipeline.storage URI):
+    shards/corpus/NNNNN.tar       kept samples: KEY.{jpg,png,...}, .txt (caption), .json (row)
+    shards/corpus/NNNNN.parquet   one row per kept sample (img2dataset's columns + ours + input's)
+    shards/rejects/NNNNN.parquet  one row per rejected input row, with status, reason, message
+    shards/labels/NNNNN.parquet   jobs.label: every row of the shard, labelled or failed
+    shards/previews/NNNNN.parquet jobs.label: a few thumbnails (key, JPEG, original size)
+    shards/stats/NNNNN.json       counts for this shard; written last: it commits the shard
+    _run                          the id of the run that owns the output now (see OutputDir.claim)
+    _tmp/                         temporary files and pieces of shards; never read as output
+    stats.json                    totals over all committed shards, written when the job ends
+
+Every file of a shard is written whole (pipeline.storage.write_atomic); the stats file comes
+last. Everything that reads an output (totals, dedup seeding, resuming, reports) reads only
+committed shards, so files that a killed run left of an unfinished shard are never trusted:
+the next run writes that shard again from scratch.
+
+Ray Data hands the sink blocks whose rows need not line up with shards. A write task that holds
+all of a shard's rows commits it at once; otherwise its rows are kept as a piece under
+_tmp/pieces/RUN/NNNNN/ and whichever task completes the shard's row count assembles it.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
+import re
 import tarfile
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyarrow.fs import FileSelector
-from ray.data._internal.execution.interfaces import TaskContext
-from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
-from ray.data.block import BlockAccessor
-from ray.data.datasource.file_datasink import _FileDatasink
-from ray.data.datasource.filename_provider import FilenameProvider, _split_base_and_ext
 
-from pipeline import schema
+from pipeline import schema, storage
+from pipeline.raycompat import Datasink
 
 SHARDS_DIR = "shards"
 CORPUS_DIR = "corpus"
@@ -49,20 +51,109 @@ REJECTS_DIR = "rejects"
 STATS_DIR = "stats"
 LABELS_DIR = "labels"
 PREVIEWS_DIR = "previews"
-CHECKPOINT_DIR = "_checkpoint"
 RUN_FILE = "_run"
-# How long a new run waits after taking over an output from an earlier run; see claim_output.
+PIECES_DIR = "pieces"
+# How long a new run waits after taking over an output from an earlier run; see OutputDir.claim.
 SETTLE_SECONDS = 3.0
 STATS_FILE = "stats.json"
+SHARD_NAME_DIGITS = 5
+_SHARD_NAME = re.compile(r"^(\d{%d,})\.json$" % SHARD_NAME_DIGITS)
 
 IMAGE_EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}  # the only formats stages keep
 
 
-class ShardNames(FilenameProvider):
-    """`part-<write id>-<task>`: unique across runs, so a resumed run never overwrites."""
+def shard_name(index: int) -> str:
+    return f"{index:0{SHARD_NAME_DIGITS}d}"
 
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"part-{write_uuid[:8]}-{task_index:06d}"
+
+class SupersededRun(RuntimeError):
+    """A newer run owns the output: this (orphaned) writer must not commit anything."""
+
+
+class OutputDir:
+    """A job's output directory on any filesystem. Pickles with its filesystem object (pyarrow's
+    own pickling: a worker resolves credentials on its node, from the same configuration)."""
+
+    def __init__(self, uri: str):
+        self.uri_ = uri
+        self.fs, self.path = storage.resolve(uri)
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def uri(self, path: str) -> str:
+        return storage.display(self.fs, path)
+
+    def shard_file(self, sub: str, name: str, ext: str) -> str:
+        return self.join(SHARDS_DIR, sub, name + ext)
+
+    @property
+    def tmp(self) -> str:
+        return self.join(storage.TMP_DIR)
+
+    def write(self, path: str, data) -> None:
+        storage.write_atomic(self.fs, path, data, tmp_root=self.tmp)
+
+    def committed_names(self) -> list[str]:
+        """Names of committed shards (their stats file exists), in order."""
+        found = storage.list_files(self.fs, self.join(SHARDS_DIR, STATS_DIR))
+        names = []
+        for info in found:
+            match = _SHARD_NAME.match(posixpath.basename(info.path))
+            if match:
+                names.append(match.group(1))
+        return sorted(names)
+
+    def committed(self) -> set[int]:
+        return {int(n) for n in self.committed_names()}
+
+    def claim(self) -> str:
+        """Make this run the owner of the output; returns its run id.
+
+        Ray workers outlive a killed driver by seconds. A shard commit still in flight could
+        interleave with the next run's commit of the same shard (files of two runs mixed).
+        So writers check the owner before committing (see ShardSink), and a run that takes
+        over an output waits until a writer that passed its check just before the takeover has
+        committed; only then does it list the committed shards.
+        """
+        run_id = uuid.uuid4().hex
+        path = self.join(RUN_FILE)
+        taking_over = storage.exists(self.fs, path)
+        self.write(path, run_id.encode())
+        if taking_over:
+            time.sleep(SETTLE_SECONDS)
+        return run_id
+
+    def owner(self) -> str:
+        return storage.read_bytes(self.fs, self.join(RUN_FILE)).decode()
+
+    def read_shard_stats(self) -> dict:
+        """Totals over every committed shard, this run's and earlier runs'."""
+        totals = {"input_rows": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(), "bytes": 0, "shards": 0}
+        for name in self.committed_names():
+            path = self.join(SHARDS_DIR, STATS_DIR, name + ".json")
+            try:
+                shard = json.loads(storage.read_bytes(self.fs, path))
+                totals["shards"] += 1
+                for k in ("input_rows", "kept", "rejected", "bytes"):
+                    totals[k] += shard[k]
+                totals["rejected_by_reason"].update(shard["rejected_by_reason"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise storage.StorageError(self.uri(path), f"not a shard stats file ({e})") from e
+        totals["rejected_by_reason"] = dict(sorted(totals["rejected_by_reason"].items()))
+        return totals
+
+    def write_totals(self, totals: dict) -> None:
+        self.write(self.join(STATS_FILE), json.dumps(totals, indent=1).encode())
+
+    def clean_tmp(self) -> None:
+        """Remove temporary files and pieces: only when every shard is committed."""
+        storage.delete_dir(self.fs, self.tmp)
+
+
+def read_shard_stats(output: str | OutputDir) -> dict:
+    out = output if isinstance(output, OutputDir) else OutputDir(output)
+    return out.read_shard_stats()
 
 
 def metadata_table(table: pa.Table) -> pa.Table:
@@ -74,6 +165,49 @@ def metadata_table(table: pa.Table) -> pa.Table:
             if table.schema.field(i).type != field.type:
                 table = table.set_column(i, field, table.column(i).cast(field.type))
     return table
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def reject_as_internal(rows: pa.Table, messages: list[str]) -> pa.Table:
+    """Rows a stage could not handle: our measured columns cleared, the outcome says what failed."""
+    n = rows.num_rows
+    keep = {schema.KEY, schema.URL, schema.CAPTION}
+    ours = {f.name for f in schema.CORPUS_FIELDS + schema.LABEL_FIELDS} - keep
+    for name in list(rows.column_names):
+        if name in ours:
+            rows = rows.set_column(rows.column_names.index(name), name, pa.nulls(n, rows.schema.field(name).type))
+    outcome = {
+        schema.STATUS: [schema.Status.INTERNAL_ERROR] * n,
+        schema.REASON: [schema.Reason.INTERNAL_ERROR] * n,
+        schema.ERROR_MESSAGE: messages,
+    }
+    for name, values in outcome.items():
+        column = pa.array(values, pa.string())
+        if name in rows.column_names:
+            rows = rows.set_column(rows.column_names.index(name), name, column)
+        else:
+            rows = rows.append_column(name, column)
+    return rows
+
+
+def typed_rows(table: pa.Table) -> pa.Table:
+    """metadata_table, row by row when the whole table fails: a row that cannot be typed (a
+    value no column can hold) becomes an internal_error rejection; the others are unaffected."""
+    try:
+        return metadata_table(table)
+    except Exception:  # noqa: BLE001 - decided row by row below
+        pass
+    out = []
+    for i in range(table.num_rows):
+        row = table.slice(i, 1)
+        try:
+            out.append(metadata_table(row))
+        except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
+            out.append(metadata_table(reject_as_internal(row, [f"writing the row: {_error_text(e)}"])))
+    return pa.concat_tables(out, promote_options="permissive") if out else metadata_table(table)
 
 
 def _json_safe(value: Any) -> Any:
@@ -88,20 +222,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_tar(samples: pa.Table, images: list[bytes], stream) -> None:
-    """webdataset layout: members grouped by key, image + txt + json per sample."""
+def tar_members(row: dict, image: bytes) -> list[tuple[str, bytes]]:
+    """One sample's tar members in webdataset layout: image, caption, the row as JSON."""
+    key = row[schema.KEY]
+    ext = IMAGE_EXTENSIONS.get(row[schema.IMAGE_FORMAT] or "", "bin")
+    caption = row[schema.CAPTION] or ""
+    return [
+        (f"{key}.{ext}", image),
+        (f"{key}.txt", caption.encode("utf-8")),
+        (f"{key}.json", json.dumps(_json_safe(row), ensure_ascii=False).encode("utf-8")),
+    ]
+
+
+def write_tar(members: Iterable[list[tuple[str, bytes]]], stream) -> None:
     with tarfile.open(fileobj=stream, mode="w|") as tar:
-        for row, image in zip(samples.to_pylist(), images):
-            key = row[schema.KEY]
-            ext = IMAGE_EXTENSIONS.get(row[schema.IMAGE_FORMAT] or "", "bin")
-            caption = row[schema.CAPTION] or ""
-            members = [
-                (ext, image),
-                ("txt", caption.encode("utf-8")),
-                ("json", json.dumps(_json_safe(row), ensure_ascii=False).encode("utf-8")),
-            ]
-            for suffix, data in members:
-                info = tarfile.TarInfo(f"{key}.{suffix}")
+        for sample in members:
+            for name, data in sample:
+                info = tarfile.TarInfo(name)
                 info.size = len(data)
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -119,137 +256,170 @@ def shard_stats(kept: pa.Table, rejected: pa.Table) -> dict:
     }
 
 
-class SupersededRun(RuntimeError):
-    """A newer run owns the output: this (orphaned) writer must not commit anything."""
+def _split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    is_kept = pc.fill_null(pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS), False)
+    return table.filter(is_kept), table.filter(pc.invert(is_kept))
 
 
-def claim_output(output_dir: str) -> str:
-    """Make this run the owner of output_dir; returns its run id.
+class ShardSink(Datasink):
+    """Groups the rows it gets by shard and commits each shard once all its rows are there.
 
-    Ray workers outlive a killed driver by seconds. A shard write still in flight could land
-    after the next run has loaded its checkpoint (rows written twice), or commit while that
-    run's cleanup deletes its files (rows lost). So writers check the owner before and after
-    writing (see _ShardSink.write_block), and a run that takes over an output waits until a
-    writer that passed its last check just before the takeover has committed.
+    `counts`: shard index -> the number of input rows the shard holds (from the plan).
     """
-    run_id = uuid.uuid4().hex
-    path = os.path.join(output_dir, RUN_FILE)
-    taking_over = os.path.exists(path)
-    tmp = os.path.join(output_dir, f".{RUN_FILE}.{run_id}")
-    with open(tmp, "w") as f:
-        f.write(run_id)
-    os.replace(tmp, path)
-    if taking_over:
-        time.sleep(SETTLE_SECONDS)
-    return run_id
-
-
-class _ShardSink(_FileDatasink):
-    """One shard per write task; subclasses say which files a shard has."""
 
     SUBDIRS: tuple[str, ...] = ()
 
-    def __init__(self, output_dir: str, run_id: str):
-        super().__init__(posixpath.join(output_dir, SHARDS_DIR), filename_provider=ShardNames())
-        self._run_file = posixpath.join(output_dir, RUN_FILE)
-        self._run_id = run_id
-
-    def _check_owner(self) -> None:
-        with self.filesystem.open_input_stream(self._run_file) as f:
-            owner = f.read().decode()
-        if owner != self._run_id:
-            raise SupersededRun(f"run {self._run_id} was superseded by run {owner}; not writing")
+    def __init__(self, output: str, run_id: str, counts: dict[int, int]):
+        self.out = OutputDir(output)
+        self.run_id = run_id
+        self.counts = counts
 
     def on_write_start(self, schema_=None) -> None:
-        super().on_write_start(schema_)
         for sub in self.SUBDIRS + (STATS_DIR,):
-            self.filesystem.create_dir(posixpath.join(self.path, sub), recursive=True)
+            storage.makedirs(self.out.fs, self.out.join(SHARDS_DIR, sub))
 
-    def write_block(self, block: BlockAccessor, block_index: int, ctx: TaskContext) -> None:
-        # Must equal the basename Ray Data's checkpointing derives for this task.
-        name = self.filename_provider.get_filename_for_task(ctx.kwargs[WRITE_UUID_KWARG_NAME], ctx.task_idx)
-        base, _ = _split_base_and_ext(name)
-        table = block.to_arrow()
-        is_kept = pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS)
-        kept, rejected = table.filter(is_kept), table.filter(pc.invert(is_kept))
+    def write(self, blocks, ctx) -> None:
+        tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        if not tables:
+            return
+        table = pa.concat_tables(tables, promote_options="permissive")
+        for shard in sorted(set(table.column(schema.SHARD).to_pylist())):
+            rows = table.filter(pc.equal(table.column(schema.SHARD), shard))
+            if rows.num_rows == self.counts[shard]:
+                self.commit(shard, rows)
+            else:
+                self._add_piece(shard, rows)
+
+    # --- pieces: rows of a shard that came in several write tasks ---
+
+    def _pieces_dir(self, shard: int) -> str:
+        return self.out.join(storage.TMP_DIR, PIECES_DIR, self.run_id, shard_name(shard))
+
+    def _add_piece(self, shard: int, rows: pa.Table) -> None:
+        folder = self._pieces_dir(shard)
+        first = rows.column(schema.KEY)[0].as_py()
+        # Named by content: a retried write task rewrites the same piece instead of adding one.
+        name = f"{uuid.uuid5(uuid.NAMESPACE_OID, first).hex[:16]}-{rows.num_rows}.parquet"
+        storage.write_parquet(self.out.fs, posixpath.join(folder, name), rows, tmp_root=self.out.tmp)
+        self.assemble_if_complete(shard)
+
+    def assemble_if_complete(self, shard: int) -> bool:
+        folder = self._pieces_dir(shard)
+        pieces = storage.list_files(self.out.fs, folder)
+        if sum(int(posixpath.basename(p.path).rsplit("-", 1)[1].split(".")[0]) for p in pieces) < self.counts[shard]:
+            return False
+        tables = []
+        for piece in pieces:
+            try:
+                tables.append(pq.read_table(self.out.fs.open_input_file(piece.path)))
+            except (OSError, pa.ArrowException) as e:
+                raise storage.StorageError(self.out.uri(piece.path), e) from e
+        rows = pa.concat_tables(tables, promote_options="permissive")
+        # A piece may overlap another after a retried upstream task: keep each key once.
+        seen, first = set(), []
+        for i, key in enumerate(rows.column(schema.KEY).to_pylist()):
+            if key not in seen:
+                seen.add(key)
+                first.append(i)
+        rows = rows.take(first)
+        if rows.num_rows != self.counts[shard]:
+            return False
+        self.commit(shard, rows)
+        return True
+
+    # --- commit ---
+
+    def commit(self, shard: int, rows: pa.Table) -> None:
+        """Write the shard's files whole, then its stats file, which makes it visible as done."""
+        name = shard_name(shard)
+        stats_path = self.out.shard_file(STATS_DIR, name, ".json")
+        if storage.exists(self.out.fs, stats_path):
+            return  # committed already (a retried write task): a finished shard is never rewritten
         self._check_owner()
-        self.write_shard(base, kept, rejected)
-        stats = json.dumps(shard_stats(kept, rejected), indent=1).encode()
-        with self.open_output_stream(posixpath.join(self.path, STATS_DIR, base + ".json")) as f:
-            f.write(stats)
-        try:
-            self._check_owner()
-        except SupersededRun:
-            self._delete_shard(base)  # the new run may already have cleaned up; leave nothing
-            raise
+        rows = rows.sort_by(schema.KEY)
+        stats = self.write_shard(name, rows)
+        self._check_owner()
+        self.out.write(stats_path, json.dumps(stats, indent=1).encode())
 
-    def _delete_shard(self, base: str) -> None:
-        for sub in self.SUBDIRS + (STATS_DIR,):
-            for info in self.filesystem.get_file_info(FileSelector(posixpath.join(self.path, sub), allow_not_found=True)):
-                if posixpath.basename(info.path).startswith(base + "."):
-                    self.filesystem.delete_file(info.path)
+    def _check_owner(self) -> None:
+        owner = self.out.owner()
+        if owner != self.run_id:
+            raise SupersededRun(f"run {self.run_id} was superseded by run {owner}; not writing")
 
-    def write_shard(self, base: str, kept: pa.Table, rejected: pa.Table) -> None:
+    def write_shard(self, name: str, rows: pa.Table) -> dict:
+        """Write the shard's data files; returns its stats."""
         raise NotImplementedError
 
-    def _write_parquet(self, table: pa.Table, subdir: str, base: str) -> None:
-        with self.open_output_stream(posixpath.join(self.path, subdir, base + ".parquet")) as f:
-            pq.write_table(table, f)
+    def _parquet(self, sub: str, name: str, table: pa.Table) -> None:
+        self.out.write(self.out.shard_file(sub, name, ".parquet"), lambda stream: pq.write_table(table, stream))
 
 
-class CorpusSink(_ShardSink):
-    """Kept samples as a webdataset tar with a Parquet beside it; rejected rows apart."""
+class CorpusSink(ShardSink):
+    """Kept samples as a webdataset tar with a Parquet beside it; rejected rows apart.
+
+    Every shard has all three files, empty ones too, so brace patterns never hit a gap.
+    """
 
     SUBDIRS = (CORPUS_DIR, REJECTS_DIR)
 
-    def write_shard(self, base: str, kept: pa.Table, rejected: pa.Table) -> None:
-        if kept.num_rows:
-            images = kept.column(schema.IMAGE_BYTES).to_pylist()
-            kept = metadata_table(kept)
-            with self.open_output_stream(posixpath.join(self.path, CORPUS_DIR, base + ".tar")) as f:
-                write_tar(kept, images, f)
-            self._write_parquet(kept, CORPUS_DIR, base)
-        if rejected.num_rows:
-            self._write_parquet(metadata_table(rejected), REJECTS_DIR, base)
+    def write_shard(self, name: str, rows: pa.Table) -> dict:
+        kept, rejected = _split(rows)
+        images = kept.column(schema.IMAGE_BYTES).to_pylist() if kept.num_rows else []
+        kept = typed_rows(kept)
+        samples, failed, messages = [], [], []
+        for i, (row, image) in enumerate(zip(kept.to_pylist(), images)):
+            try:
+                if row[schema.STATUS] != schema.Status.SUCCESS:
+                    raise _AlreadyRejected()
+                samples.append(tar_members(row, image))
+            except _AlreadyRejected:
+                failed.append(i)
+                messages.append(row[schema.ERROR_MESSAGE])
+            except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
+                failed.append(i)
+                messages.append(f"writing the sample: {_error_text(e)}")
+        if failed:
+            is_failed = pa.array([i in set(failed) for i in range(kept.num_rows)])
+            moved = kept.filter(is_failed)
+            moved = metadata_table(reject_as_internal(moved, messages))
+            kept = kept.filter(pc.invert(is_failed))
+            rejected = pa.concat_tables([typed_rows(rejected), moved], promote_options="permissive")
+        else:
+            rejected = typed_rows(rejected)
+        self.out.write(self.out.shard_file(CORPUS_DIR, name, ".tar"), lambda stream: write_tar(samples, stream))
+        self._parquet(CORPUS_DIR, name, kept)
+        self._parquet(REJECTS_DIR, name, rejected.sort_by(schema.KEY) if rejected.num_rows else rejected)
+        return shard_stats(kept, rejected)
 
 
-class LabelSink(_ShardSink):
+class _AlreadyRejected(Exception):
+    pass
+
+
+class LabelSink(ShardSink):
     """Every row, labelled or failed, in one Parquet per shard; a few thumbnails beside it."""
 
     SUBDIRS = (LABELS_DIR, PREVIEWS_DIR)
 
-    def __init__(self, output_dir: str, run_id: str, previews_per_shard: int):
-        super().__init__(output_dir, run_id)
+    def __init__(self, output: str, run_id: str, counts: dict[int, int], previews_per_shard: int):
+        super().__init__(output, run_id, counts)
         self._previews = previews_per_shard
 
-    def write_shard(self, base: str, kept: pa.Table, rejected: pa.Table) -> None:
-        with_thumb = kept.filter(pc.is_valid(kept.column(schema.THUMBNAIL))).slice(0, self._previews)
-        if with_thumb.num_rows:
-            previews = pa.table(
-                {
-                    schema.KEY: with_thumb.column(schema.KEY),
-                    schema.THUMBNAIL: with_thumb.column(schema.THUMBNAIL),
-                    schema.WIDTH: with_thumb.column(schema.ORIGINAL_WIDTH),
-                    schema.HEIGHT: with_thumb.column(schema.ORIGINAL_HEIGHT),
-                },
-                schema=pa.schema(schema.PREVIEW_FIELDS),
-            )
-            self._write_parquet(previews, PREVIEWS_DIR, base)
-        rows = pa.concat_tables([kept, rejected]).drop_columns([schema.THUMBNAIL])
-        rows = rows.sort_by(schema.KEY)
-        self._write_parquet(metadata_table(rows), LABELS_DIR, base)
-
-
-def read_shard_stats(output_dir: str) -> dict:
-    """Totals over every shard written so far, this run's and earlier runs'."""
-    totals = {"input_rows": 0, "kept": 0, "rejected": 0, "rejected_by_reason": Counter(), "bytes": 0, "shards": 0}
-    stats_dir = os.path.join(output_dir, SHARDS_DIR, STATS_DIR)
-    for name in sorted(os.listdir(stats_dir)) if os.path.isdir(stats_dir) else []:
-        with open(os.path.join(stats_dir, name)) as f:
-            shard = json.load(f)
-        totals["shards"] += 1
-        for k in ("input_rows", "kept", "rejected", "bytes"):
-            totals[k] += shard[k]
-        totals["rejected_by_reason"].update(shard["rejected_by_reason"])
-    totals["rejected_by_reason"] = dict(sorted(totals["rejected_by_reason"].items()))
-    return totals
+    def write_shard(self, name: str, rows: pa.Table) -> dict:
+        kept, _ = _split(rows)
+        with_thumb = kept.filter(pc.is_valid(kept.column(schema.THUMBNAIL))).slice(0, self._previews) if kept.num_rows else kept
+        previews = pa.table(
+            {
+                schema.KEY: with_thumb.column(schema.KEY).cast(pa.string()),
+                schema.THUMBNAIL: with_thumb.column(schema.THUMBNAIL).cast(pa.binary()),
+                schema.WIDTH: with_thumb.column(schema.ORIGINAL_WIDTH).cast(pa.int32()),
+                schema.HEIGHT: with_thumb.column(schema.ORIGINAL_HEIGHT).cast(pa.int32()),
+            },
+            schema=pa.schema(schema.PREVIEW_FIELDS),
+        ) if with_thumb.num_rows else pa.schema(schema.PREVIEW_FIELDS).empty_table()
+        labels = typed_rows(rows.drop_columns([c for c in (schema.THUMBNAIL,) if c in rows.column_names]))
+        self._parquet(LABELS_DIR, name, labels)
+        self._parquet(PREVIEWS_DIR, name, previews)
+        kept, rejected = _split(labels)
+        return shard_stats(kept, rejected)

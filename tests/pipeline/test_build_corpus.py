@@ -124,10 +124,22 @@ def test_every_route_gets_its_reason_and_no_row_is_lost(tmp_path, http_server):
     assert stats["kept"] == len(kept_rows)
     assert sum(stats["rejected_by_reason"].values()) == stats["rejected"]
 
+    # Shards are named in input order, every one with its tar, Parquet and stats: brace-addressable.
+    n_shards = -(-len(rows) // 16)
+    names = [f"{i:05d}" for i in range(n_shards)]
+    for sub, ext in ((CORPUS_DIR, ".tar"), (CORPUS_DIR, ".parquet"), (REJECTS_DIR, ".parquet"), ("stats", ".json")):
+        assert sorted(n for n in os.listdir(os.path.join(out, SHARDS_DIR, sub)) if n.endswith(ext)) == [n + ext for n in names]
+    pattern = os.path.join(out, SHARDS_DIR, CORPUS_DIR, "{00000..%05d}.tar" % (n_shards - 1))
+    assert len(list(wds.WebDataset(pattern, shardshuffle=False))) == len(kept_rows)
+    first = pq.read_table(os.path.join(out, SHARDS_DIR, REJECTS_DIR, "00000.parquet")).column(schema.KEY).to_pylist()
+    assert all(k < make_key(0, 16) for k in first)  # shard 00000 holds input rows 0..15
+
     # A second run into the finished output writes nothing and loses nothing.
-    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS]) == 0
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS, "--shard-size", "16"]) == 0
     again = json.load(open(os.path.join(out, STATS_FILE)))
     assert again["input_rows"] == len(rows) and again["this_run"]["input_rows"] == 0
+    # Another --shard-size would cut other shards: refused before Ray is asked for anything.
+    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS]) == 2
 
 
 def test_dedup_keeps_one_copy_of_identical_bytes(tmp_path, http_server):
@@ -275,3 +287,12 @@ def test_a_killed_fetch_worker_is_retried_by_ray_not_rejected(tmp_path, http_ser
     rows = kept.to_pylist() + (rejected.to_pylist() if rejected is not None else [])
     assert sorted(r[schema.KEY] for r in rows) == [make_key(0, i) for i in range(len(urls))]
     assert [r[schema.REASON] for r in sorted(rows, key=lambda r: r[schema.KEY])] == ([None] * 5 + [R.TIMEOUT]) * 4
+
+
+def test_output_that_is_a_file_or_not_writable_fails_fast(tmp_path, capsys):
+    pq.write_table(pa.table({"url": ["http://127.0.0.1/a.jpg"]}), tmp_path / "in.parquet")
+    (tmp_path / "taken").write_text("x")
+    for output, needle in ((tmp_path / "taken", "is a file"), (tmp_path / "taken" / "out", "not writable")):
+        assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", str(output)]) == 2
+        (line,) = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
+        assert line.startswith("error: --output") and needle in line, line
