@@ -8,6 +8,11 @@ same flags), a jobs.build_corpus output, an img2dataset output (webdataset tars 
 image bytes), or a folder of images. Output: Parquet under OUTPUT/shards/labels/, one row per
 input row. Runs on an embedded local Ray unless --address or RAY_ADDRESS names a cluster.
 Re-running into the same --output labels only the rows still missing.
+
+With a video checkpoint (CogVLM2-Video chat/base, cogvlm2-llama3-caption; told apart by its
+config.json) the inputs are videos: URL lists of video URLs, folders of video files, or
+video2dataset's webdataset tars; --task is caption or vqa, the template defaults to chat, the
+caption prompt to the caption tool's, --max-new-tokens to 2048 and --max-bytes to 256 MiB.
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, TaskSpec, prep
 from pipeline.options import CorpusOptions, add_corpus_arguments
 from pipeline.reader import ColumnMap, InputError, column_names
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
+from pipeline.video import (
+    PREPARE_BATCH_ROWS as VIDEO_PREPARE_BATCH_ROWS,
+    VIDEO_TASKS,
+    VideoLabelModel,
+    VideoLimits,
+    add_video_arguments,
+    apply_video_defaults,
+    fetch_videos,
+    is_video_model,
+    prepare_videos,
+)
 from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, claim_output, read_shard_stats
 
 PREPARE_BATCH_ROWS = 16
@@ -62,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--template", choices=("base", "chat", "vqa"), default=None, help="prompt template (default: the checkpoint's template_version)")
 
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128, help="(default: %(default)s)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None, help="(default: 128; video models: 2048, as the caption tool)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default: %(default)s)")
     g.add_argument("--top-p", dest="top_p", type=float, default=1.0, help="(default: %(default)s)")
     g.add_argument("--num-beams", dest="num_beams", type=int, default=1, help="(default: %(default)s)")
@@ -76,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     g.add_argument("--num-cpus", dest="num_cpus", type=int, default=None, help="CPUs for the embedded local Ray (default: all)")
     add_corpus_arguments(p)
-    p.set_defaults(shard_size=1000)
+    add_video_arguments(p)
+    p.set_defaults(shard_size=1000, max_bytes=None)  # max_bytes: 32 MiB, video models 256 MiB
     return p.parse_args(argv)
 
 
@@ -132,13 +149,17 @@ def model_actors(args) -> tuple[int, float]:
 
 
 def run(args) -> dict:
+    video = is_video_model(args.model)
+    apply_video_defaults(args, video)
+    if video and args.task not in VIDEO_TASKS:
+        raise InputError(f"--task {args.task}: a video model does {' or '.join(VIDEO_TASKS)}")
     options = CorpusOptions.from_args(args)
     if options.resize != "no":
         raise InputError("--resize does not apply to jobs.label: the model resizes to its own input size")
     spec = task_spec(args)
     check_model_dirs(args.model, args.tokenizer)
     read, kind = source_dataset(args, options)
-    if kind == "images":
+    if kind in ("images", "videos"):
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})
     connect(args.address, args.num_cpus)
     os.makedirs(args.output, exist_ok=True)
@@ -149,17 +170,27 @@ def run(args) -> dict:
     started = time.monotonic()
     before = read_shard_stats(args.output)["input_rows"]
 
-    ds = fetch_and_filter(read(), options, dedup, cpus_per_worker=2)
-    ds = ds.map_batches(
-        prepare_for_model,
-        fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
-        batch_size=PREPARE_BATCH_ROWS,
-        batch_format="pyarrow",
-        num_cpus=LIGHT_TASK_CPUS,
-    )
+    if video:  # decoding and sampling run in the prepare tasks, on CPUs
+        ds = fetch_videos(read(), options, dedup, cpus_per_worker=2)
+        ds = ds.map_batches(
+            prepare_videos,
+            fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard, "limits": VideoLimits.from_args(args)},
+            batch_size=VIDEO_PREPARE_BATCH_ROWS,
+            batch_format="pyarrow",
+            num_cpus=LIGHT_TASK_CPUS,
+        )
+    else:
+        ds = fetch_and_filter(read(), options, dedup, cpus_per_worker=2)
+        ds = ds.map_batches(
+            prepare_for_model,
+            fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
+            batch_size=PREPARE_BATCH_ROWS,
+            batch_format="pyarrow",
+            num_cpus=LIGHT_TASK_CPUS,
+        )
     cpu_threads = None if gpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
     ds = ds.map_batches(
-        LabelModel,
+        VideoLabelModel if video else LabelModel,
         fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
         batch_size=args.batch_size,
         batch_format="pyarrow",

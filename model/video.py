@@ -90,8 +90,10 @@ def _bilinear_taps(in_size: int, out_size: int, first: int, count: int):
     """Source indices and weights of output pixels first..first+count of an `in_size -> out_size`
     resize, as torch's bilinear interpolate computes them (align_corners=False, no antialias)."""
     scale = np.float32(in_size / out_size)
-    dst = np.arange(first, first + count, dtype=np.float32)
-    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    dst = np.arange(first, first + count, dtype=np.float64)
+    # float32 scale x (dst + 0.5) - 0.5 with one rounding, as torch's kernel computes it (a fused
+    # multiply-add): the float64 product of two float32 values is exact
+    src = np.maximum((np.float64(scale) * (dst + 0.5) - 0.5).astype(np.float32), np.float32(0))
     i0 = src.astype(np.int64)
     i1 = np.minimum(i0 + 1, in_size - 1)
     w1 = (src - i0).astype(np.float32)

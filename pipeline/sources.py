@@ -1,5 +1,6 @@
 """Inputs that already hold images, for jobs.label: corpora written by us or by img2dataset
-(webdataset tars or Parquet with image bytes) and plain folders of image files.
+(webdataset tars or Parquet with image bytes), plain folders of image files, and, for video models,
+folders of video files and video2dataset's webdataset tars.
 
 Every source yields rows with key, url, caption, the image bytes (or a path the fetch stage
 reads) and the input's own columns, like pipeline.reader does for URL lists.
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from filters.video import VIDEO_EXTENSIONS
 from pipeline import schema
 from pipeline.reader import ROWS_PER_BLOCK, ColumnMap, InputError, input_format
 from pipeline.writer import CORPUS_DIR, SHARDS_DIR
@@ -26,7 +28,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 # A corpus row's own facts are measured again by the fetch stage; carrying the old values
 # too would only confuse. Everything else in a sample's json is the user's and is kept.
 _REMEASURED = set(schema.CORPUS_COLUMNS) | {"exif", "__key__"}
-INPUT_FORMATS = ("auto", "urls", "images", "webdataset", "parquet-images")
+INPUT_FORMATS = ("auto", "urls", "images", "videos", "webdataset", "parquet-images")
 
 
 def _rows_to_table(rows: list[dict], columns: ColumnMap) -> pa.Table:
@@ -72,7 +74,9 @@ def _tar_samples(path: str) -> Iterator[dict]:
 
 def _sample_row(sample: dict) -> dict:
     meta = json.loads(sample["json"]) if "json" in sample else {}
-    image = next((sample[e.lstrip(".")] for e in IMAGE_EXTENSIONS if e.lstrip(".") in sample), None)
+    # video2dataset's tars hold KEY.mp4 (etc.) where img2dataset's hold KEY.jpg
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    image = next((sample[e.lstrip(".")] for e in media if e.lstrip(".") in sample), None)
     row = {k: v for k, v in meta.items() if k not in _REMEASURED and not isinstance(v, (dict, list))}
     row.update(
         {
@@ -122,7 +126,7 @@ class FileListDatasource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-        if self._kind == "images":
+        if self._kind in ("images", "videos"):
             chunks = [self._items[i : i + ROWS_PER_BLOCK] for i in range(0, len(self._items), ROWS_PER_BLOCK)]
             return [self._task(chunk) for chunk in chunks]
         return [self._task([item]) for item in self._items]
@@ -131,7 +135,7 @@ class FileListDatasource(Datasource):
         kind, columns, root = self._kind, self._columns, self._root
 
         def read() -> Iterator[pa.Table]:
-            if kind == "images":
+            if kind in ("images", "videos"):
                 # Paths only: the fetch stage reads them with the same byte cap as downloads.
                 rows = ({schema.KEY: os.path.relpath(p, root), schema.URL: os.path.abspath(p)} for p in items)
                 yield from _blocks(rows, columns)
@@ -169,7 +173,9 @@ def detect_format(spec: str) -> str:
         return "urls"
     if any(p.lower().endswith(IMAGE_EXTENSIONS) for p in paths):
         return "images"
-    raise InputError(f"--input {spec}: found no URL lists, tar shards, Parquet or image files")
+    if any(p.lower().endswith(VIDEO_EXTENSIONS) for p in paths):
+        return "videos"
+    raise InputError(f"--input {spec}: found no URL lists, tar shards, Parquet, image or video files")
 
 
 def _files(spec: str, suffixes: tuple[str, ...]) -> list[str]:
@@ -202,4 +208,7 @@ def image_source(kind: str, spec: str, columns: ColumnMap) -> FileListDatasource
     if kind == "images":
         root = spec if os.path.isdir(spec) else os.path.dirname(spec)
         return FileListDatasource(kind, _files(spec, IMAGE_EXTENSIONS), columns, root=root)
+    if kind == "videos":
+        root = spec if os.path.isdir(spec) else os.path.dirname(spec)
+        return FileListDatasource(kind, _files(spec, VIDEO_EXTENSIONS), columns, root=root)
     raise ValueError(kind)
