@@ -37,6 +37,7 @@ from pipeline.labeling import LabelModel, RowLabel, TaskSpec, _reject, _with_out
 from pipeline.options import CorpusOptions
 from pipeline.schema import Rejection
 from pipeline.stages import FetchAndFilter, RowResult
+from pipeline.video_strip import frame_strip, strip_positions, tile
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ VIDEO_CAPTION_PRESETS = {"detailed": CAPTION_PROMPT, "short": "Describe this vid
 DEFAULT_CAPTION_PRESET = "detailed"
 FETCH_BATCH_ROWS = 16  # videos are large: fewer bodies per fetch call than images' 256
 PREPARE_BATCH_ROWS = 4  # a 24-frame video is 14 MB of float32 pixels
-STRIP_FRAMES = 8  # frames in a row's preview strip
-STRIP_HEIGHT = 96
 
 _REASON_OF_ISSUE = {
     video_filters.TOO_SHORT: schema.Reason.TOO_SHORT,
@@ -157,7 +156,7 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
                 return rejection
             picks = sample_frames(template, timestamps, fps)
             wanted = {pts[i] for i in picks}
-            strip_pts = {pts[picks[j]] for j in _strip_choice(len(picks))} if preview else set()
+            strip_pts = {pts[picks[j]] for j in strip_positions(len(picks))} if preview else set()
             decoded, thumbs, came_out, error = _decode_wanted(data, wanted, strip_pts, pts)
             missing = wanted - decoded.keys()
             if not missing:
@@ -181,7 +180,8 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
         width=width,
         height=height,
         codec=codec,
-        strip=frame_strip([thumbs[p] for p in sorted(thumbs)]) if thumbs else None,
+        # one tile per strip position, repeats included, so tile i is frame_timestamps[strip_positions(T)[i]]
+        strip=frame_strip([thumbs[pts[picks[j]]] for j in strip_positions(len(picks))]) if thumbs else None,
         frames_indexed=indexed,
     )
 
@@ -206,39 +206,12 @@ def _decode_wanted(data: bytes, wanted: set[int], strip_pts: set[int], index: li
                     rgb = frame.to_ndarray(format="rgb24")
                     out[pts] = preprocess_frame(rgb)
                     if pts in strip_pts:
-                        thumbs[pts] = _thumbnail(rgb)
+                        thumbs[pts] = tile(rgb)
                 if len(out) == len(wanted) or pts > last:
                     break
     except (av.error.FFmpegError, ValueError, MemoryError) as e:
         error = f"{type(e).__name__}: {e}"
     return out, thumbs, came_out, error
-
-
-def _strip_choice(n: int, k: int = STRIP_FRAMES) -> list[int]:
-    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(min(n, k))})
-
-
-def _thumbnail(rgb: np.ndarray):
-    from PIL import Image
-
-    image = Image.fromarray(rgb)
-    image.thumbnail((STRIP_HEIGHT * 4, STRIP_HEIGHT))
-    return image
-
-
-def frame_strip(thumbs: list) -> bytes:
-    """Thumbnails (PIL images of one height) side by side as one JPEG: a row's preview."""
-    from PIL import Image
-
-    height = max(t.height for t in thumbs)
-    strip = Image.new("RGB", (sum(t.width for t in thumbs), height))
-    x = 0
-    for t in thumbs:
-        strip.paste(t, (x, 0))
-        x += t.width
-    buf = io.BytesIO()
-    strip.save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- job wiring
