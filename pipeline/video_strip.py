@@ -4,7 +4,7 @@ For a previewed video row, jobs.label stores in the previews Parquet (column `th
 of up to STRIP_FRAMES of the frames the model saw, side by side, all one size, chosen evenly over
 them by `strip_positions`. The label row's `frame_timestamps` says when each sampled frame starts,
 so `strip_card(strip, frame_timestamps, caption)` can put each tile's time under it and the caption
-below: the picture jobs.report shows for a video.
+below: the picture jobs.report shows for a video (`report_image` gives it as PNG bytes for a row).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipeline import schema
 
 STRIP_FRAMES = 8
 TILE_HEIGHT = 96
@@ -101,3 +103,18 @@ def strip_card(strip_jpeg: bytes, timestamps: Sequence[float], caption: str | No
         draw.text((CARD_PADDING, y), line, fill=INK, font=font)
         y += line_height
     return card
+
+
+def report_image(thumbnail: bytes, row: dict) -> bytes | None:
+    """jobs.report: the PNG to show for a label row's preview if it is a video row (its
+    frame_timestamps are set): the strip, the times and the caption. None for image rows."""
+    timestamps = row.get(schema.FRAME_TIMESTAMPS)
+    if not timestamps or not thumbnail:
+        return None
+    try:
+        card = strip_card(thumbnail, timestamps, row.get(schema.LABEL_CAPTION))
+    except Exception:  # noqa: BLE001 - an undecodable preview shows as missing, as for images
+        return None
+    buf = io.BytesIO()
+    card.save(buf, format="PNG")
+    return buf.getvalue()

@@ -13,7 +13,7 @@ from model.video import sample_base
 from pipeline import schema
 from pipeline.schema import Rejection
 from pipeline.video import DecodedVideo, VideoLimits, decode_video
-from pipeline.video_strip import STRIP_FRAMES, TILE_HEIGHT, strip_card, strip_positions, wrap
+from pipeline.video_strip import STRIP_FRAMES, TILE_HEIGHT, report_image, strip_card, strip_positions, wrap
 from tests import videos
 
 R = schema.Reason
@@ -169,3 +169,11 @@ def test_wrap_keeps_lines_within_width_and_marks_cut_text():
     lines = wrap("one two three four five six seven eight nine ten", 9, measure, max_lines=3)
     assert len(lines) == 3 and all(len(line) <= 9 for line in lines) and lines[-1].endswith("...")
     assert wrap("abcdefghijklmnopqrstuvwxyz", 10, measure) == ["abcdefghij", "klmnopqrst", "uvwxyz"]
+
+
+def test_report_image_only_for_video_rows(clips):
+    v = decoded(clips["mp4"])
+    png = report_image(v.strip, {schema.FRAME_TIMESTAMPS: v.timestamps, schema.LABEL_CAPTION: "a clip"})
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert report_image(v.strip, {schema.LABEL_CAPTION: "an image row"}) is None
+    assert report_image(b"not a jpeg", {schema.FRAME_TIMESTAMPS: [0.0]}) is None
