@@ -133,6 +133,9 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
     except Exception as e:  # noqa: BLE001 - a crash inside FFmpeg's probing: this file's problem
         return Rejection(R.NOT_A_VIDEO, f"{type(e).__name__}: {e}")
     with container:
+        if container.format.name.endswith("_pipe") or container.format.name == "image2":
+            # FFmpeg reads a still image as a one-frame "video"; a clip is what this job captions
+            return Rejection(R.NOT_A_VIDEO, f"a still image ({container.format.name}), not a video")
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no streams"]
             return Rejection(R.NO_VIDEO_STREAM, f"{container.format.name} with {', '.join(kinds)}, no video stream")
@@ -337,7 +340,10 @@ def _prepare_row(row: dict, template: str, spec: TaskSpec, limits: VideoLimits, 
     queries = video_queries(spec, row)
     if not queries or any(q is None or not str(q).strip() for q in queries):
         return Rejection(schema.Reason.MISSING_PROMPT, "no question for this row (--prompt/--prompt-col)")
-    video = decode_video(row[schema.IMAGE_BYTES], template, limits, preview=want_preview)
+    try:
+        video = decode_video(row[schema.IMAGE_BYTES], template, limits, preview=want_preview)
+    except Exception as e:  # noqa: BLE001 - whatever a file does to the decoder is this row's rejection
+        video = Rejection(schema.Reason.DECODE_ERROR, f"{type(e).__name__}: {e}")
     if isinstance(video, Rejection):
         return video
     return video, [apply_template(str(q), template) for q in queries]

@@ -89,6 +89,14 @@ def test_not_a_video(data):
     assert rejected(data).reason == R.NOT_A_VIDEO
 
 
+def test_still_images_are_not_videos():
+    from tests import images
+
+    for data in (images.jpeg(), images.png(), images.webp()):
+        r = rejected(data)
+        assert r.reason == R.NOT_A_VIDEO and "still image" in r.message
+
+
 def test_huge_resolution_is_judged_from_the_header(clips, monkeypatch):
     import av
 
