@@ -106,13 +106,15 @@ def bench_job(folder: str, args) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    with open(os.path.join(out, "stats.json")) as f:
+        job_wall = json.load(f)["this_run"]["wall_seconds"]  # from the first stage to the last shard: no Ray start
     table = pa.concat_tables([pq.read_table(f) for f in glob.glob(os.path.join(out, SHARDS_DIR, LABELS_DIR, "*.parquet"))])
     rows = table.to_pylist()
     ok = [r for r in rows if r[schema.STATUS] == schema.Status.SUCCESS]
     decode = sum(r[schema.PREPROCESS_SECONDS] or 0 for r in rows)
     model_s = sum(r[schema.MODEL_SECONDS] or 0 for r in ok)
     return {
-        "videos": len(rows), "labelled": len(ok), "wall_s": wall, "videos_per_s": len(rows) / wall,
+        "videos": len(rows), "labelled": len(ok), "wall_s": wall, "job_s": job_wall, "videos_per_s": len(rows) / job_wall,
         "decode_s": decode, "model_s": model_s, "decode_share": decode / (decode + model_s) if decode + model_s else None,
         "frames_per_video": float(np.mean([len(r[schema.FRAME_TIMESTAMPS]) for r in ok])) if ok else 0,
     }
@@ -231,9 +233,10 @@ def main() -> None:
             "| sampling | frames used | ms per video (median) | videos/s (one core) |", "|---|---:|---:|---:|",
             *[f"| {d['sampling']} | {d['frames_used']} | {d['ms_per_video']:.0f} | {d['videos_per_s']:.2f} |" for d in decode],
             "", f"## End to end (`jobs.label`, tiny random cogvlm2-video, batch {args.batch_size}, {args.max_new_tokens} new tokens)", "",
-            "| videos | labelled | frames/video | wall s | videos/s | decode s (CPU tasks) | model s (actor) | decode share |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {job['videos']} | {job['labelled']} | {job['frames_per_video']:.1f} | {job['wall_s']:.1f} | {job['videos_per_s']:.2f} | {job['decode_s']:.1f} | {job['model_s']:.1f} | {job['decode_share']:.0%} |",
+            "| videos | labelled | frames/video | process wall s | job s (no Ray start) | videos/s (job) | decode s (CPU tasks) | model s (actor) | decode share |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {job['videos']} | {job['labelled']} | {job['frames_per_video']:.1f} | {job['wall_s']:.1f} | {job['job_s']:.1f} | {job['videos_per_s']:.2f} | {job['decode_s']:.1f} | {job['model_s']:.1f} | {job['decode_share']:.0%} |",
+            "", f"Load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (the machine was shared).",
         ]
         path = os.path.join(RESULTS, "video_cpu.md")
     with open(path, "w") as f:

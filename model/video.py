@@ -102,18 +102,19 @@ def _bilinear_taps(in_size: int, out_size: int, first: int, count: int):
 
 def preprocess_frame(rgb: np.ndarray, size: int = VIDEO_IMAGE_SIZE) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [3, 224, 224]: /255, CLIP-normalise, bilinear short side to 224,
-    centre crop (spec, in that order). Only the source rows and columns the crop reads are touched,
-    which changes no value: normalising is per pixel and the resize reads each output's two taps."""
+    centre crop (spec, in that order). Only the source pixels the crop reads are normalised, which
+    changes no value: normalising is per pixel and each output reads its four taps alone."""
     height, width = rgb.shape[:2]
     out_h, out_w = resized_size(height, width, size)
     top, left = crop_offsets(out_h, out_w, size)
     r0, r1, rw0, rw1 = _bilinear_taps(height, out_h, top, size)
     c0, c1, cw0, cw1 = _bilinear_taps(width, out_w, left, size)
-
-    def normalised(rows):  # [n, W, 3] float32
-        return (rows.astype(np.float32) / np.float32(255.0) - CLIP_MEAN) / CLIP_STD
-
-    x = normalised(rgb[r0]) * rw0[:, None, None] + normalised(rgb[r1]) * rw1[:, None, None]  # [224, W, 3]
+    rows, cols = np.unique(np.concatenate([r0, r1])), np.unique(np.concatenate([c0, c1]))
+    block = rgb[rows][:, cols].astype(np.float32) / np.float32(255.0)  # [rows, cols, 3]
+    block = (block - CLIP_MEAN) / CLIP_STD
+    r0, r1 = np.searchsorted(rows, r0), np.searchsorted(rows, r1)  # indices into the block
+    c0, c1 = np.searchsorted(cols, c0), np.searchsorted(cols, c1)
+    x = block[r0] * rw0[:, None, None] + block[r1] * rw1[:, None, None]  # [224, cols, 3]
     x = x[:, c0] * cw0[None, :, None] + x[:, c1] * cw1[None, :, None]  # [224, 224, 3]
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
