@@ -164,11 +164,13 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
             missing = wanted - decoded.keys()
             if not missing:
                 break
-            if attempt == 0 and came_out and came_out[-1] <= max(wanted) and set(came_out) != set(pts):
-                # It decodes only partly: sample again over the frames that do decode, as if the file
-                # ended there, and keep the video if the sampler's picks from those all decode.
-                pts = sorted(came_out)
-                continue
+            if attempt == 0:
+                # It decodes only partly (or its frames' pts are not its packets'): sample again over
+                # the frames that do come out of the decoder, as if the file ended after the last of
+                # them, and keep the video if the sampler's picks from those all decode.
+                pts = _decodable_pts(data, pts)
+                if pts:
+                    continue
             got = len(wanted) - len(missing)
             why = f"; decoder: {error}" if error else ""
             return Rejection(
@@ -187,6 +189,20 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
         strip=frame_strip([thumbs[pts[picks[j]]] for j in strip_positions(len(picks))]) if thumbs else None,
         frames_indexed=indexed,
     )
+
+
+def _decodable_pts(data: bytes, index: list[int]) -> list[int]:
+    """The pts of every frame that comes out of a full decode, in order (no pixels converted)."""
+    import av
+
+    seen = []
+    try:
+        with _open(data) as again:
+            for frame in again.decode(again.streams.video[0]):
+                seen.append(frame.pts if frame.pts is not None else index[min(len(seen), len(index) - 1)])
+    except (av.error.FFmpegError, ValueError, MemoryError):
+        pass
+    return sorted(set(seen))
 
 
 def _decode_wanted(data: bytes, wanted: set[int], strip_pts: set[int], index: list[int]):
