@@ -75,7 +75,10 @@ class VisualExpertModel:
         settings: GenerationSettings = GenerationSettings(),
     ) -> list[Generation]:
         """One Generation per prompt. Each image goes through the vision tower once, however many
-        rows use it. A CUDA out-of-memory error propagates (torch.cuda.OutOfMemoryError): split the batch."""
+        rows use it. A CUDA out-of-memory error propagates (torch.cuda.OutOfMemoryError): split the batch.
+        With a video checkpoint the inputs are videos: see generate_videos."""
+        if self.config.is_video:
+            return self.generate_videos(pixel_values, prompts, image_index, settings=settings)
         pixels = torch.as_tensor(pixel_values)
         size = self.config.vision.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):

@@ -282,3 +282,11 @@ def test_generate_videos_refuses_bad_input(vvm, video_dir):
         vvm.generate_videos([random_video(1, 30, 30, 0)], ["a", "b"], [0, 1])
     with pytest.raises(ValueError, match=r"\[T, 3, 224, 224\]"):
         vvm.generate_videos([np.zeros((2, 3, 56, 56), np.float32)], ["a"])
+
+
+def test_generate_takes_videos_for_a_video_checkpoint(vvm):
+    video = random_video(3, 40, 60, 7)
+    prompt = vvm.build_prompt("What is it?")  # the checkpoint's template (base, as the caption model's)
+    settings = GenerationSettings(max_new_tokens=6)
+    assert vvm.template_version == "base"
+    assert vvm.generate([video], [prompt], settings=settings) == vvm.generate_videos([video], [prompt], template="base", settings=settings)
