@@ -9,6 +9,7 @@ count attempts per URL and TCP connections (distinct client ports).
 HTTP status). It holds for `TABLE_OPTIONS` (timeout 2 s, retries 2, max_bytes 1 MiB,
 max_redirects 5, allow_networks 127.0.0.1/32, user_agent_token "cogscale-test"). A None reason
 only means the bytes come through the download stage: decoding and filters judge them later.
+`/video/NAME` serves the clips of `video_bodies()` (encoded on first use).
 """
 
 from __future__ import annotations
