@@ -80,7 +80,6 @@ class DecodedVideo:
     height: int
     codec: str
     strip: bytes | None  # JPEG of a few of the frames used, for jobs.report
-    frames_indexed: int
 
 
 def _issue(issue: video_filters.VideoIssue | None) -> Rejection | None:
@@ -187,7 +186,6 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
         codec=codec,
         # one tile per strip position, repeats included, so tile i is frame_timestamps[strip_positions(T)[i]]
         strip=frame_strip([thumbs[pts[picks[j]]] for j in strip_positions(len(picks))]) if thumbs else None,
-        frames_indexed=indexed,
     )
 
 

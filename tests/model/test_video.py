@@ -271,10 +271,16 @@ def test_each_video_encoded_once_and_rows_independent_of_their_batch(vvm):
     assert any(g.token_ids for g in together)
 
 
-def test_video_generation_stops_at_the_config_eos(vvm):
+def test_video_generation_stops_at_the_single_config_eos(vvm, monkeypatch):
+    """spec: the video checkpoints stop at eos_token_id alone (128001; the image model's second id,
+    128009 / eot, is not a stop). The tiny checkpoint mirrors them: eos 257, eot 259."""
     assert vvm.config.eos_token_ids == (257,)
-    out = vvm.generate_videos([random_video(2, 40, 40, 6)], [vvm.build_prompt("Hi", "chat")], settings=GenerationSettings(max_new_tokens=40))
-    assert 257 not in out[0].token_ids and out[0].finish_reason in ("eos", "length")
+    logits = vvm.model.logits
+    video, prompt, settings = random_video(2, 40, 40, 6), vvm.build_prompt("Hi", "chat"), GenerationSettings(max_new_tokens=3)
+    for favoured, expected in [(257, ([], "eos")), (259, ([259, 259, 259], "length"))]:
+        monkeypatch.setattr(vvm.model, "logits", lambda h, t=favoured: logits(h).index_add(-1, torch.tensor([t]), torch.full((h.shape[0], 1), 1e4)))
+        [out] = vvm.generate_videos([video], [prompt], template="chat", settings=settings)
+        assert (out.token_ids, out.finish_reason) == expected
 
 
 def test_generate_videos_refuses_bad_input(vvm, video_dir):

@@ -89,3 +89,19 @@ def test_vqa_rows_without_a_question_are_rejected(model_dir):
 def test_prompts_and_templates(model_dir, spec, prompt):
     rows = prepare_videos(fetched([videos.encode(seconds=1.0)]), model_dir, spec, 0, VideoLimits()).to_pylist()
     assert rows[0][schema.PROMPT] == prompt
+
+
+def test_video_defaults_apply_only_where_the_user_set_nothing(model_dir):
+    from jobs.label import parse_args
+    from pipeline.video import apply_video_defaults, is_video_model
+
+    assert is_video_model(model_dir) and not is_video_model("/nonexistent")
+    args = parse_args(["--input", "x", "--output", "y", "--model", model_dir])
+    apply_video_defaults(args, video=True)
+    assert (args.max_bytes, args.max_new_tokens) == (256 * 2**20, 2048)  # spec: the caption tool's 2048
+    args = parse_args(["--input", "x", "--output", "y", "--model", model_dir, "--max-bytes", "10", "--max-new-tokens", "7"])
+    apply_video_defaults(args, video=True)
+    assert (args.max_bytes, args.max_new_tokens) == (10, 7)
+    args = parse_args(["--input", "x", "--output", "y", "--model", model_dir])
+    apply_video_defaults(args, video=False)
+    assert (args.max_bytes, args.max_new_tokens) == (32 * 2**20, 128)
