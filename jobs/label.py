@@ -42,15 +42,13 @@ from pipeline.options import CorpusOptions, add_corpus_arguments
 from pipeline.reader import ColumnMap, InputError, column_names
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
 from pipeline.video import (
-    PREPARE_BATCH_ROWS as VIDEO_PREPARE_BATCH_ROWS,
     VIDEO_TASKS,
     VideoLabelModel,
     VideoLimits,
     add_video_arguments,
     apply_video_defaults,
-    fetch_videos,
     is_video_model,
-    prepare_videos,
+    video_dataset,
 )
 from pipeline.writer import LABELS_DIR, STATS_FILE, LabelSink, claim_output, read_shard_stats
 
@@ -171,14 +169,7 @@ def run(args) -> dict:
     before = read_shard_stats(args.output)["input_rows"]
 
     if video:  # decoding and sampling run in the prepare tasks, on CPUs
-        ds = fetch_videos(read(), options, dedup, cpus_per_worker=2)
-        ds = ds.map_batches(
-            prepare_videos,
-            fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard, "limits": VideoLimits.from_args(args)},
-            batch_size=VIDEO_PREPARE_BATCH_ROWS,
-            batch_format="pyarrow",
-            num_cpus=LIGHT_TASK_CPUS,
-        )
+        ds = video_dataset(read(), options, dedup, spec, args.model, args.previews_per_shard, VideoLimits.from_args(args))
     else:
         ds = fetch_and_filter(read(), options, dedup, cpus_per_worker=2)
         ds = ds.map_batches(

@@ -297,6 +297,20 @@ def fetch_videos(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, cpus_
     )
 
 
+def video_dataset(ds: ray.data.Dataset, options: CorpusOptions, dedup, spec: TaskSpec, model_dir: str, previews_per_batch: int, limits: VideoLimits) -> ray.data.Dataset:
+    """A video job's fetch and prepare stages: rows in, model-ready rows (or rejections) out."""
+    from pipeline.corpus import LIGHT_TASK_CPUS
+
+    ds = fetch_videos(ds, options, dedup, cpus_per_worker=2)  # as jobs.label's image path: the model needs CPUs too
+    return ds.map_batches(
+        prepare_videos,
+        fn_kwargs={"model_dir": model_dir, "spec": spec, "previews_per_batch": previews_per_batch, "limits": limits},
+        batch_size=PREPARE_BATCH_ROWS,
+        batch_format="pyarrow",
+        num_cpus=LIGHT_TASK_CPUS,
+    )
+
+
 def prepare_videos(table: pa.Table, model_dir: str, spec: TaskSpec, previews_per_batch: int, limits: VideoLimits) -> pa.Table:
     """CPU stage: each kept video decoded, filtered, sampled and preprocessed; prompts templated.
 
