@@ -72,6 +72,12 @@ class ModelConfig:
         return self.variant in LLAMA3_VARIANTS
 
     @property
+    def rope_positions(self) -> int:  # rows of the RoPE table: the position ids generation may reach
+        # spec (cogvlm2-video): max_position_embeddings 2048 is not enforced there; the caption tool lets
+        # 2048 new tokens follow a prompt whose positions reach ~110 (chat) and the text can be long
+        return 4 * self.max_position_embeddings if self.is_video else self.max_position_embeddings
+
+    @property
     def visual_expert(self) -> bool:  # spec (cogvlm2-video): no visual expert in any video checkpoint
         return self.variant != COGVLM2_VIDEO
 

@@ -225,9 +225,9 @@ def decode_step(model, tokens: Tensor, positions: Tensor, cache: KVCache, valid:
 def start_cache(model, batch: Batch, max_new_tokens: int) -> tuple[KVCache, Tensor]:
     cfg, weight = model.config, model.lm_head.weight
     last = int(batch.suffix_positions[:, -1].max()) + max_new_tokens
-    if last >= cfg.max_position_embeddings:
+    if last >= cfg.rope_positions:
         raise ValueError(
-            f"prompt plus max_new_tokens reaches position {last}; this model has {cfg.max_position_embeddings}"
+            f"prompt plus max_new_tokens reaches position {last}; this model has {cfg.rope_positions}"
         )
     slots = batch.prompt_len + max_new_tokens
     cache = KVCache.allocate(cfg, batch.size, slots, weight.device, weight.dtype)

@@ -327,7 +327,7 @@ class CogVLMForCausalLM(nn.Module):
         """(Re)compute the RoPE tables, fp32, one row per position id; not part of the checkpoint."""
         cfg = self.config
         inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-        angles = torch.arange(cfg.max_position_embeddings, device=device).float()[:, None] * inv_freq
+        angles = torch.arange(cfg.rope_positions, device=device).float()[:, None] * inv_freq
         angles = torch.cat([angles, angles], dim=-1)  # [positions, D], rotate-half layout
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)

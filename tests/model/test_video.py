@@ -296,3 +296,15 @@ def test_generate_takes_videos_for_a_video_checkpoint(vvm):
     settings = GenerationSettings(max_new_tokens=6)
     assert vvm.template_version == "base"
     assert vvm.generate([video], [prompt], settings=settings) == vvm.generate_videos([video], [prompt], template="base", settings=settings)
+
+
+def test_the_caption_tools_2048_new_tokens_fit_after_24_frames(vvm):
+    """spec: max_position_embeddings 2048 is not enforced; 24 chat frames put the text at 97."""
+    from model.generate import layout_padded, start_cache
+
+    time_ids = [vvm.tokenizer.encode(str(t), add_special_tokens=False) for t in range(24)]
+    text = vvm.tokenizer.encode(vvm.build_prompt(CAPTION_PROMPT, "chat"), add_special_tokens=False)
+    batch = layout_padded(vvm.model, [build_video_input_ids(text, 24, vvm.config, time_ids)], [0])
+    assert int(batch.positions[0, -1]) + 2048 >= vvm.config.max_position_embeddings
+    start_cache(vvm.model, batch, 2048)  # no "reaches position" error
+    assert vvm.model.rope_cos.shape[0] > int(batch.positions[0, -1]) + 2048
