@@ -5,7 +5,7 @@
     python benchmarks/video.py --real --layers 1 --device cpu    # smoke test of the real-size path
 
 Default (CPU): encodes --videos H.264 clips, then
-  1. decode: `pipeline.video.decode_video` per clip (demux index, decode up to the last sampled
+  1. decode: `pipeline.video_decode.decode_video` per clip (demux index, decode up to the last sampled
      frame, preprocess), for the chat and base samplings;
   2. end to end: `python -m jobs.label` over the folder with the tiny random cogvlm2-video model;
      videos/s = videos / job wall time; the split between decoding (sum of preprocess_seconds, on
@@ -74,7 +74,7 @@ def make_clips(args) -> str:
 
 
 def bench_decode(folder: str) -> list[dict]:
-    from pipeline.video import VideoLimits, decode_video
+    from pipeline.video_decode import VideoLimits, decode_video
 
     files = sorted(glob.glob(os.path.join(folder, "*.mp4")))
     rows = []
@@ -229,7 +229,7 @@ def main() -> None:
         lines = [
             f"# Video captioning on CPU ({stamp})", "",
             f"Machine: {machine()}. Clips: {args.videos} x {args.seconds:g} s H.264 {args.size} at {args.fps} fps.", "",
-            "## Decoding (`pipeline.video.decode_video`: index, decode to the last pick, preprocess, preview strip)", "",
+            "## Decoding (`pipeline.video_decode.decode_video`: index, decode to the last pick, preprocess, preview strip)", "",
             "| sampling | frames used | ms per video (median) | videos/s (one core) |", "|---|---:|---:|---:|",
             *[f"| {d['sampling']} | {d['frames_used']} | {d['ms_per_video']:.0f} | {d['videos_per_s']:.2f} |" for d in decode],
             "", f"## End to end (`jobs.label`, tiny random cogvlm2-video, batch {args.batch_size}, {args.max_new_tokens} new tokens)", "",

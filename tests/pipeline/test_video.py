@@ -12,7 +12,7 @@ from model.processor import CLIP_MEAN, CLIP_STD
 from model.video import sample_base
 from pipeline import schema
 from pipeline.schema import Rejection
-from pipeline.video import DecodedVideo, VideoLimits, decode_video
+from pipeline.video_decode import DecodedVideo, VideoLimits, decode_video
 from pipeline.video_strip import STRIP_FRAMES, TILE_HEIGHT, report_image, strip_card, strip_positions, wrap
 from tests import videos
 
