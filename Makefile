@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel first: an unpinned torch would pull the newest CUDA build (gigabytes).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo corpus-demo test bench-download bench-memory bench-model bench-pipeline clean
+.PHONY: setup demo corpus-demo test bench-download bench-memory bench-model bench-pipeline bench-video clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench-model: setup
 
 bench-pipeline: setup
 	$(PY) benchmarks/pipeline.py
+
+bench-video: setup
+	$(PY) benchmarks/video.py
 
 clean:
 	rm -rf out

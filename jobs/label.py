@@ -11,12 +11,18 @@ labelled into shard NNNNN. Runs on an embedded local Ray unless --address or RAY
 Re-running into the same --output labels only the rows still missing; it refuses if the settings
 that shape the rows (task, prompts, template, model, generation, filters) differ from those
 recorded in OUTPUT/settings.json (--overwrite starts the output afresh instead).
+
+With a video checkpoint (CogVLM2-Video chat/base, cogvlm2-llama3-caption; told apart by its
+config.json) the inputs are videos: URL lists of video URLs, folders of video files, or
+video2dataset's webdataset tars; --task is caption or vqa, the template defaults to chat, the
+caption prompt to the caption tool's, --max-new-tokens to 2048 and --max-bytes to 256 MiB.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 import sys
 
 import ray
@@ -40,6 +46,15 @@ from pipeline.options import CorpusOptions, OneLineParser, add_corpus_arguments,
 from pipeline.reader import ColumnMap, InputError, cut_shards
 from pipeline.settings import add_overwrite_argument, label_settings, prepare_output
 from pipeline.sources import INPUT_FORMATS, detect_format, image_source
+from pipeline.video import (
+    VIDEO_TASKS,
+    VideoLabelModel,
+    VideoLimits,
+    add_video_arguments,
+    apply_video_defaults,
+    is_video_model,
+    video_dataset,
+)
 from pipeline.writer import LABELS_DIR, LabelSink
 
 PREPARE_BATCH_ROWS = 16
@@ -65,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--template", choices=("base", "chat", "vqa"), default=None, help="prompt template (default: the checkpoint's template_version)")
 
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=number(int, at_least=1), default=128, help="(default: %(default)s)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=number(int, at_least=1), default=None, help="(default: 128; video models: 2048, as the caption tool)")
     g.add_argument("--temperature", type=number(float, at_least=0), default=0.0, help="0 means greedy (default: %(default)s)")
     g.add_argument("--top-p", dest="top_p", type=number(float, above=0, at_most=1), default=1.0, help="(default: %(default)s)")
     g.add_argument("--num-beams", dest="num_beams", type=number(int, at_least=1), default=1, help="(default: %(default)s)")
@@ -82,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num-cpus", dest="num_cpus", type=number(int, at_least=1), default=None, help="CPUs for the embedded local Ray (default: all)")
     add_overwrite_argument(p)
     add_corpus_arguments(p)
-    p.set_defaults(shard_size=1000)
+    add_video_arguments(p)
+    p.set_defaults(shard_size=1000, max_bytes=None)  # max_bytes: 32 MiB, video models 256 MiB
     return p.parse_args(argv)
 
 
@@ -157,6 +173,10 @@ def model_actors(args) -> tuple[int, float]:
 
 
 def run(args) -> dict:
+    video = is_video_model(args.model)
+    apply_video_defaults(args, video)
+    if video and args.task not in VIDEO_TASKS:
+        raise InputError(f"--task {args.task}: a video model does {' or '.join(VIDEO_TASKS)}")
     options = CorpusOptions.from_args(args)
     if options.resize != "no":
         raise InputError("--resize does not apply to jobs.label: the model resizes to its own input size")
@@ -164,13 +184,15 @@ def run(args) -> dict:
     settings = generation_settings(args)
     check_model_dirs(args.model, args.tokenizer)
     shards, read, kind, (inputs, shard_size) = source_dataset(args, options)
-    if kind == "images":
+    if kind in ("images", "videos"):
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})
     from model.processor import read_template_version
 
     template = spec.template or read_template_version(args.model)
     recorded = label_settings(options, spec, template, args.model, args.tokenizer, settings)
     recorded["rope_precision"] = args.rope_precision  # changes the numbers, so the text
+    if video:
+        recorded["video"] = asdict(VideoLimits.from_args(args))
     out = check_output(args.output)
     prepare_output(args.output, "label", recorded, args.overwrite)
     record_plan(out, "label", inputs, shard_size)
@@ -179,17 +201,20 @@ def run(args) -> dict:
     actors, gpus_per_actor = model_actors(args)
 
     def dataset(todo):
-        ds = fetch_and_filter(read(todo), options, dedup, cpus_per_worker=2)
-        ds = ds.map_batches(
-            prepare_for_model,
-            fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
-            batch_size=PREPARE_BATCH_ROWS,
-            batch_format="pyarrow",
-            num_cpus=LIGHT_TASK_CPUS,
-        )
+        if video:  # decoding and sampling run in the prepare tasks, on CPUs
+            ds = video_dataset(read(todo), options, dedup, spec, args.model, args.previews_per_shard, VideoLimits.from_args(args))
+        else:
+            ds = fetch_and_filter(read(todo), options, dedup, cpus_per_worker=2)
+            ds = ds.map_batches(
+                prepare_for_model,
+                fn_kwargs={"model_dir": args.model, "spec": spec, "previews_per_batch": args.previews_per_shard},
+                batch_size=PREPARE_BATCH_ROWS,
+                batch_format="pyarrow",
+                num_cpus=LIGHT_TASK_CPUS,
+            )
         cpu_threads = None if gpus_per_actor else max(1, (os.cpu_count() or 1) // actors)
         return ds.map_batches(
-            LabelModel,
+            VideoLabelModel if video else LabelModel,
             fn_constructor_args=(args.model, args.tokenizer, spec, settings, cpu_threads),
             fn_constructor_kwargs={"rope_precision": args.rope_precision},
             batch_size=args.batch_size,

@@ -3,6 +3,12 @@
     vem = VisualExpertModel.load("/models/cogvlm-chat-hf", tokenizer_dir="/models/vicuna-7b-v1.5")
     pixels = np.stack([vem.processor.preprocess(img) for img in images])
     outs = vem.generate(pixels, [vem.build_prompt("Describe the image.")] * len(images))
+
+A video checkpoint (CogVLM2-Video, cogvlm2-llama3-caption) takes videos instead of images:
+
+    vem = VisualExpertModel.load("/models/cogvlm2-llama3-caption")
+    video = Video(frames, timestamps)  # decoded uint8 [T, H, W, 3] frames, sampled (model.video)
+    outs = vem.generate_videos([video], [vem.build_prompt(CAPTION_PROMPT, "chat")], template="chat")
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ import numpy as np
 import torch
 
 from model.config import ModelConfig
-from model.generate import GenerationSettings, RowResult, beam_search, generate_rows, layout_batch
+from model.generate import GenerationSettings, RowResult, beam_search, generate_rows, layout_batch, layout_padded
 from model.loading import default_device_and_dtype, load_model
 from model.model import CogVLMForCausalLM
 from model.processor import ImageProcessor, apply_template, load_tokenizer
+from model.video import Video, build_video_input_ids, preprocess_video, uses_time_tokens
 
 __all__ = ["Generation", "GenerationSettings", "VisualExpertModel"]
 
@@ -70,7 +77,10 @@ class VisualExpertModel:
         settings: GenerationSettings = GenerationSettings(),
     ) -> list[Generation]:
         """One Generation per prompt. Each image goes through the vision tower once, however many
-        rows use it. A CUDA out-of-memory error propagates (torch.cuda.OutOfMemoryError): split the batch."""
+        rows use it. A CUDA out-of-memory error propagates (torch.cuda.OutOfMemoryError): split the batch.
+        With a video checkpoint the inputs are videos: see generate_videos."""
+        if self.config.is_video:
+            return self.generate_videos(pixel_values, prompts, image_index, settings=settings)
         pixels = torch.as_tensor(pixel_values)
         size = self.config.vision.image_size
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
@@ -92,6 +102,52 @@ class VisualExpertModel:
         else:
             rows = generate_rows(self.model, features, batch, settings)
         return [self._to_generation(row) for row in rows]
+
+    @torch.no_grad()
+    def generate_videos(
+        self,
+        videos: Sequence[Video | np.ndarray],  # Videos, or float32 [T, 3, 224, 224] from model.video.preprocess_video
+        prompts: list[str],  # already templated, one per output row
+        video_index: list[int] | None = None,  # row r uses video video_index[r]; default r -> r
+        template: str | None = None,  # the template of the prompts (default: the checkpoint's); chat adds time tokens
+        settings: GenerationSettings = GenerationSettings(),
+    ) -> list[Generation]:
+        """One Generation per prompt, for a video checkpoint. Every used video goes through the vision
+        tower once (all their frames in one batch), and each row gives what it would give alone."""
+        if not self.config.is_video:
+            raise ValueError(f"{self.describe()} is not a video checkpoint (CogVLMVideoForCausalLM)")
+        if video_index is None:
+            video_index = list(range(len(prompts)))
+        if len(video_index) != len(prompts) or any(not 0 <= i < len(videos) for i in video_index):
+            raise ValueError(f"video_index must give one video in 0..{len(videos) - 1} per prompt")
+        if not prompts:
+            return []
+        template = template or self.template_version
+        size = self.config.vision.image_size
+        unique = list(dict.fromkeys(video_index))  # videos in order of first use; unused ones are skipped
+        frames = []
+        for i in unique:
+            v = videos[i]
+            pixels = torch.as_tensor(preprocess_video(v.frames) if isinstance(v, Video) else v)
+            if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size) or not len(pixels):
+                raise ValueError(f"video {i} must be [T, 3, {size}, {size}] with T >= 1, got {tuple(pixels.shape)}")
+            frames.append(pixels.to(self.device))
+        features = self.model.encode_videos(frames)
+        num_frames = [len(f) for f in frames]
+        time_ids = None
+        if uses_time_tokens(template):  # spec: the ordinal's own tokens (one each for 0..23 in Llama-3)
+            time_ids = [self.tokenizer.encode(str(t), add_special_tokens=False) for t in range(max(num_frames))]
+        slot = {video: u for u, video in enumerate(unique)}
+        rows = [
+            build_video_input_ids(self.tokenizer.encode(p, add_special_tokens=False), num_frames[slot[v]], self.config, time_ids)
+            for p, v in zip(prompts, video_index)
+        ]
+        batch = layout_padded(self.model, rows, [slot[v] for v in video_index])
+        if settings.num_beams > 1:
+            out = beam_search(self.model, features, batch, settings.num_beams, settings.max_new_tokens)
+        else:
+            out = generate_rows(self.model, features, batch, settings)
+        return [self._to_generation(row) for row in out]
 
     def _to_generation(self, row: RowResult) -> Generation:
         text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)

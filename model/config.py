@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COGVLM, COGVLM2 = "cogvlm", "cogvlm2"
+COGVLM2_VIDEO = "cogvlm2-video"  # CogVLM2-Video chat/base and cogvlm2-llama3-caption
+LLAMA3_VARIANTS = (COGVLM2, COGVLM2_VIDEO)
+IMAGE_ARCHITECTURE, VIDEO_ARCHITECTURE = "CogVLMForCausalLM", "CogVLMVideoForCausalLM"
+VIDEO_IMAGE_SIZE, VIDEO_PATCH_SIZE = 224, 14
 # How the RoPE tables are built (CogVLMForCausalLM.init_rope): as the official code does with its
 # module in the weights' dtype (the default), as the official Hugging Face demos load it, or exact
 # fp32. A run-time choice, not a checkpoint fact (README "RoPE numerics").
@@ -40,7 +44,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    variant: str  # COGVLM or COGVLM2, from detect_variant
+    variant: str  # COGVLM, COGVLM2 or COGVLM2_VIDEO, from detect_variant
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -65,11 +69,25 @@ class ModelConfig:
 
     @property
     def rope_base(self) -> float:
-        return 500000.0 if self.variant == COGVLM2 else 10000.0  # spec: RoPE base
+        return 500000.0 if self.variant in LLAMA3_VARIANTS else 10000.0  # spec: RoPE base
 
     @property
     def downsample(self) -> bool:  # spec: v2's 2x2 stride-2 conv over the patch grid
-        return self.variant == COGVLM2
+        return self.variant in LLAMA3_VARIANTS
+
+    @property
+    def rope_positions(self) -> int:  # rows of the RoPE table: the position ids generation may reach
+        # spec (cogvlm2-video): max_position_embeddings 2048 is not enforced there; the caption tool lets
+        # 2048 new tokens follow a prompt whose positions reach ~110 (chat) and the text can be long
+        return 4 * self.max_position_embeddings if self.is_video else self.max_position_embeddings
+
+    @property
+    def visual_expert(self) -> bool:  # spec (cogvlm2-video): no visual expert in any video checkpoint
+        return self.variant != COGVLM2_VIDEO
+
+    @property
+    def is_video(self) -> bool:
+        return self.variant == COGVLM2_VIDEO
 
     @property
     def num_image_tokens(self) -> int:  # boi + patches + eoi
@@ -79,7 +97,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
         variant = detect_variant(raw)
-        v2 = variant == COGVLM2
+        v2 = variant in LLAMA3_VARIANTS
         try:
             vraw = raw["vision_config"]
             vision = VisionConfig(
@@ -93,7 +111,8 @@ class ModelConfig:
                 in_channels=vraw.get("in_channels", 3),
                 layer_norm_eps=vraw.get("layer_norm_eps", 1e-6),
             )
-            eos = raw.get("eos_token_id", [128001, 128009] if v2 else 2)
+            # spec (cogvlm2-video): the video checkpoints stop at the single id 128001
+            eos = raw.get("eos_token_id", (128001 if variant == COGVLM2_VIDEO else [128001, 128009]) if v2 else 2)
             cfg = cls(
                 variant=variant,
                 vocab_size=raw["vocab_size"],
@@ -103,7 +122,7 @@ class ModelConfig:
                 num_attention_heads=raw["num_attention_heads"],
                 # spec: absent from v2's config.json, the config class defaults it to 8
                 num_kv_heads=raw.get("num_multi_query_heads", 8) if v2 else raw["num_attention_heads"],
-                max_position_embeddings=raw.get("max_position_embeddings", 8192 if v2 else 2048),
+                max_position_embeddings=raw.get("max_position_embeddings", 8192 if variant == COGVLM2 else 2048),
                 rms_norm_eps=raw.get("rms_norm_eps", 1e-5),
                 bos_token_id=raw.get("bos_token_id", LLAMA3_BOS if v2 else 1),
                 eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
@@ -136,6 +155,12 @@ class ModelConfig:
             )
         if self.downsample and v.grid % 2:
             problems.append(f"the 2x2 stride-2 conv needs an even patch grid, got {v.grid}")
+        if self.is_video and (v.image_size, v.patch_size) != (VIDEO_IMAGE_SIZE, VIDEO_PATCH_SIZE):
+            # spec (cogvlm2-video): the official code hard-codes 64 + 2 slots per frame
+            problems.append(
+                f"a video checkpoint needs vision image_size {VIDEO_IMAGE_SIZE} and patch_size {VIDEO_PATCH_SIZE} "
+                f"(64 + 2 tokens per frame), got {v.image_size} and {v.patch_size}"
+            )
         if self.template_version not in ("base", "chat", "vqa"):
             problems.append(f"template_version {self.template_version!r}")
         if problems:
@@ -143,12 +168,15 @@ class ModelConfig:
 
 
 def detect_variant(raw: dict) -> str:
-    """CogVLM2 iff the config is for the Llama-3 backbone.
+    """CogVLM2-Video iff `architectures` names CogVLMVideoForCausalLM; else CogVLM2 iff the config
+    is for the Llama-3 backbone.
 
     The released cogvlm2 config.json says so only through Llama-3's vocabulary (vocab_size 128256,
     bos 128000): it omits `num_multi_query_heads`. A config that names `num_multi_query_heads`
     (the v2 config class field; tiny test checkpoints use it) is v2 as well. Anything else is v1.
     """
+    if VIDEO_ARCHITECTURE in (raw.get("architectures") or ()):
+        return COGVLM2_VIDEO  # spec (cogvlm2-video): told apart by its class name, never by a flag
     if "num_multi_query_heads" in raw:
         return COGVLM2
     if raw.get("vocab_size") == LLAMA3_VOCAB_SIZE or raw.get("bos_token_id") == LLAMA3_BOS:
@@ -172,9 +200,10 @@ def read_config_json(model_dir: str | Path) -> dict:
         raise CheckpointError(f"cannot read {path}: {e}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a JSON object")
-    architectures = raw.get("architectures", ["CogVLMForCausalLM"])
-    if "CogVLMForCausalLM" not in architectures:
+    architectures = raw.get("architectures", [IMAGE_ARCHITECTURE])
+    if IMAGE_ARCHITECTURE not in architectures and VIDEO_ARCHITECTURE not in architectures:
         raise CheckpointError(
-            f"{path} describes {architectures}, not CogVLMForCausalLM (CogVLM / CogVLM2 chat, base, grounding)"
+            f"{path} describes {architectures}, not CogVLMForCausalLM (CogVLM / CogVLM2 chat, base, grounding) "
+            "or CogVLMVideoForCausalLM (CogVLM2-Video, cogvlm2-llama3-caption)"
         )
     return raw

@@ -129,6 +129,61 @@ def layout_batch(model: CogVLMForCausalLM, text_ids: Sequence[Sequence[int]], im
     )
 
 
+@dataclass
+class PaddedBatch:
+    """Whole rows left-padded to one width, for prompts whose vision part differs in length per row
+    (videos: T frames each). Every row's positions start at 0 at its own bos and padding is masked,
+    so a row gives what it gives alone (spec (cogvlm2-video): the reference cannot batch videos)."""
+
+    ids: Tensor  # [B, L]; vision slots and padding hold pad ids (their embeddings are replaced or masked)
+    positions: Tensor  # [B, L], 0 on padding
+    valid: Tensor  # [B, L] bool
+    vision_slots: Tensor  # [B, L] bool: slots whose embedding is replaced by the row's features
+    features_of_row: list[int]  # row -> which encoded video
+
+    prefix_len = 0  # nothing is shared between rows
+
+    @property
+    def size(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def suffix_positions(self) -> Tensor:  # the whole row is "suffix": decoding continues from its end
+        return self.positions
+
+    def restore(self, rows: list) -> list:
+        return list(rows)
+
+
+def layout_padded(model: CogVLMForCausalLM, rows: Sequence[tuple[list[int], list[int]]], features_of_row: Sequence[int]) -> PaddedBatch:
+    """(input ids, token types) of each unpadded row and the encoded features it uses -> a PaddedBatch."""
+    device = model.lm_head.weight.device
+    types = [torch.tensor(t) for _, t in rows]
+    return PaddedBatch(
+        ids=right_align([ids for ids, _ in rows], model.config.pad_token_id, torch.long, device),
+        positions=right_align([rope_positions(t).tolist() for t in types], 0, torch.long, device),
+        valid=right_align([[True] * len(ids) for ids, _ in rows], False, torch.bool, device),
+        vision_slots=right_align([(t == 1).tolist() for t in types], False, torch.bool, device),
+        features_of_row=list(features_of_row),
+    )
+
+
+@torch.no_grad()
+def prefill_padded(model: CogVLMForCausalLM, features: Sequence[Tensor], batch: PaddedBatch, cache: KVCache, valid: Tensor) -> Tensor:
+    """features: per encoded video [vision slots, H] -> next-token logits [B, V]; fills the cache."""
+    x = model.embed(batch.ids)  # [B, L, H]
+    for row, f in enumerate(batch.features_of_row):
+        x[row, batch.vision_slots[row]] = features[f].to(x.dtype)  # spec: replace, not add
+    valid[:, : batch.prompt_len] = batch.valid
+    # no visual expert (vision None): spec (cogvlm2-video)
+    h = model(x, batch.positions, None, attention_mask(valid, 0, batch.prompt_len), cache, 0)
+    return model.logits(h[:, -1])
+
+
 def attention_mask(valid: Tensor, start: int, length: int) -> Tensor:
     """[B, T] filled cache slots -> [B, 1, length, start+length]: causal over filled slots."""
     keys = valid[:, None, : start + length]  # [B, 1, S]
@@ -142,8 +197,10 @@ def attention_mask(valid: Tensor, start: int, length: int) -> Tensor:
 
 
 @torch.no_grad()
-def prefill(model: CogVLMForCausalLM, features: Tensor, batch: Batch, cache: KVCache, valid: Tensor) -> Tensor:
+def prefill(model: CogVLMForCausalLM, features: Tensor, batch: "Batch | PaddedBatch", cache: KVCache, valid: Tensor) -> Tensor:
     """features [U, image tokens, H] -> next-token logits [B, V] in laid-out row order; fills the cache."""
+    if isinstance(batch, PaddedBatch):
+        return prefill_padded(model, features, batch, cache, valid)
     u, b, n = features.shape[0], batch.size, batch.prefix_len
     bos = model.embed(torch.full((u, 1), model.config.bos_token_id, device=features.device))
     prefix = torch.cat([bos, features[:, :-1].to(bos.dtype)], dim=1)  # [U, n_prefix, H]
@@ -169,9 +226,9 @@ def decode_step(model, tokens: Tensor, positions: Tensor, cache: KVCache, valid:
 def start_cache(model, batch: Batch, max_new_tokens: int) -> tuple[KVCache, Tensor]:
     cfg, weight = model.config, model.lm_head.weight
     last = int(batch.suffix_positions[:, -1].max()) + max_new_tokens
-    if last >= cfg.max_position_embeddings:
+    if last >= cfg.rope_positions:
         raise ValueError(
-            f"prompt plus max_new_tokens reaches position {last}; this model has {cfg.max_position_embeddings}"
+            f"prompt plus max_new_tokens reaches position {last}; this model has {cfg.rope_positions}"
         )
     slots = batch.prompt_len + max_new_tokens
     cache = KVCache.allocate(cfg, batch.size, slots, weight.device, weight.dtype)

@@ -1,6 +1,7 @@
 """The CogVLM / CogVLM2 visual-expert model in one file.
 
-Facts follow shared/spec/visual-expert-checkpoints.md ("spec" in comments). Module and
+Facts follow shared/spec/visual-expert-checkpoints.md ("spec" in comments) and, for the video
+variant, shared/spec/cogvlm2-video.md ("spec (cogvlm2-video)"). Module and
 parameter names mirror the released checkpoints, so `state_dict()` keys are the released keys
 and loading is a strict name match.
 
@@ -241,9 +242,11 @@ class VisionExpertAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.hq, self.hkv, self.d = cfg.num_attention_heads, cfg.num_kv_heads, cfg.head_dim
-        # spec: v2's vision expert qkv has a bias; the language expert never does
-        self.vision_expert_query_key_value = nn.Linear(cfg.hidden_size, cfg.qkv_size, bias=cfg.variant == COGVLM2)
-        self.vision_expert_dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        # spec: v2's vision expert qkv has a bias; the language expert never does.
+        # spec (cogvlm2-video): no vision expert there, every position uses the language weights
+        expert = cfg.visual_expert
+        self.vision_expert_query_key_value = nn.Linear(cfg.hidden_size, cfg.qkv_size, bias=cfg.variant == COGVLM2) if expert else None
+        self.vision_expert_dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False) if expert else None
         self.language_expert_query_key_value = nn.Linear(cfg.hidden_size, cfg.qkv_size, bias=False)
         self.language_expert_dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
 
@@ -277,7 +280,7 @@ class VisionExpertMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.language_mlp = MLP(cfg)
-        self.vision_mlp = MLP(cfg)
+        self.vision_mlp = MLP(cfg) if cfg.visual_expert else None
 
     def forward(self, x: Tensor, vision: Tensor | None) -> Tensor:
         if vision is None or not vision.any():
@@ -341,7 +344,7 @@ class CogVLMForCausalLM(nn.Module):
         inv_freq = inv_freq.to(table_dtype)
         # each position rounded from fp32, as CUDA's arange in bf16 gives them (the official code runs on CUDA;
         # CPU's vectorized bf16 arange drifts from that above 4096)
-        positions = torch.arange(cfg.max_position_embeddings, device=device).float().to(table_dtype)
+        positions = torch.arange(cfg.rope_positions, device=device).float().to(table_dtype)
         angles = torch.outer(positions, inv_freq)  # product in table_dtype, as the official code takes it
         angles = torch.cat([angles, angles], dim=-1)  # [positions, D], rotate-half layout
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
@@ -350,6 +353,12 @@ class CogVLMForCausalLM(nn.Module):
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:  # [N, 3, S, S] -> [N, image tokens, H]
         return self.model.vision(pixel_values.to(self.lm_head.weight.dtype))
+
+    def encode_videos(self, frames: list[Tensor]) -> list[Tensor]:  # V x [T_v, 3, S, S] -> V x [T_v * 66, H]
+        # spec (cogvlm2-video): frames are independent images, so all videos' frames are one ViT batch;
+        # each video's features are flattened frame-major
+        features = self.encode_images(torch.cat(frames))  # [sum T, 66, H]
+        return [f.flatten(0, 1) for f in features.split([len(f) for f in frames])]
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.embed_tokens(ids)

@@ -67,3 +67,34 @@ RELEASED_CONFIGS: dict[str, dict] = {
     },
 }
 RELEASED_CONFIGS["cogvlm2-llama3-chinese-chat-19B"] = RELEASED_CONFIGS["cogvlm2-llama3-chat-19B"]
+
+# spec (cogvlm2-video): cogvlm2-llama3-caption's config.json (confirmed); the chat and base
+# checkpoints are taken to be the same but for template_version. Apart from RELEASED_CONFIGS,
+# which holds the visual-expert (image) checkpoints.
+VIDEO_RELEASED_CONFIGS: dict[str, dict] = {
+    "cogvlm2-llama3-caption": {
+        "architectures": ["CogVLMVideoForCausalLM"],
+        "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMVideoForCausalLM"},
+        "vision_config": _vision(224),
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_multi_query_heads": 8,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-05,
+        "template_version": "base",
+        "initializer_range": 0.02,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "pad_token_id": 128002,
+        "vocab_size": 128256,
+        "num_hidden_layers": 32,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1",
+        "use_cache": True,
+    },
+}
+VIDEO_RELEASED_CONFIGS["cogvlm2-video-llama3-chat"] = {**VIDEO_RELEASED_CONFIGS["cogvlm2-llama3-caption"], "template_version": "chat"}
+VIDEO_RELEASED_CONFIGS["cogvlm2-video-llama3-base"] = VIDEO_RELEASED_CONFIGS["cogvlm2-llama3-caption"]

@@ -1,12 +1,15 @@
 """Write a tiny random checkpoint in the released file and key layout, for tests and dry runs.
 
-    python -m model.tiny OUT [--variant cogvlm|cogvlm2] [--seed N]
+    python -m model.tiny OUT [--variant cogvlm|cogvlm2|cogvlm2-video] [--seed N]
 
 OUT gets config.json (the released keys, small values), two safetensors shards with
 model.safetensors.index.json, and a byte-level tokenizer built offline. v1 uses the Vicuna
 special ids (pad = unk = 0, bos 1, eos 2); v2 mirrors Llama-3's order (bos, end_of_text,
 reserved_0 as pad, eot_id) right after the 256 byte tokens, and names num_multi_query_heads so
-that a small vocabulary is still detected as v2.
+that a small vocabulary is still detected as v2. cogvlm2-video is v2's tokenizer and language model
+without the visual expert, detected from its class name, with a 224 px tower (the official code
+hard-codes 64 + 2 tokens per frame) and the bf16 `rotary_emb.inv_freq` buffers the video
+checkpoints carry.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from model.config import COGVLM, COGVLM2, ModelConfig
+from model.config import COGVLM, COGVLM2, COGVLM2_VIDEO, VIDEO_ARCHITECTURE, ModelConfig
 from model.model import CogVLMForCausalLM
 
 VISION_CONFIG = {
@@ -64,7 +67,24 @@ def tiny_config(variant: str) -> dict:
     if variant == COGVLM2:
         return {**common, "bos_token_id": 256, "eos_token_id": [257, 259], "pad_token_id": 258,
                 "max_position_embeddings": 8192, "num_multi_query_heads": 2, "vocab_size": 256 + 4}
-    raise ValueError(f"unknown variant {variant!r}; expected {COGVLM} or {COGVLM2}")
+    if variant == COGVLM2_VIDEO:
+        # spec (cogvlm2-video): the caption model's config.json, small values; one eos id
+        return {**common, "architectures": [VIDEO_ARCHITECTURE],
+                "auto_map": {"AutoModelForCausalLM": "modeling_cogvlm.CogVLMVideoForCausalLM"},
+                "bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258,
+                "max_position_embeddings": 2048, "num_multi_query_heads": 2, "vocab_size": 256 + 4,
+                "template_version": "base",  # as the caption model's; the caption tool passes chat
+                "vision_config": {**VISION_CONFIG, "image_size": 224, "num_positions": 257}}
+    raise ValueError(f"unknown variant {variant!r}; expected {COGVLM}, {COGVLM2} or {COGVLM2_VIDEO}")
+
+
+def rotary_buffers(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """spec (cogvlm2-video): each layer stores its inv_freq [head_dim / 2] in bf16."""
+    inv_freq = 1.0 / cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim)
+    return {
+        f"model.layers.{n}.self_attn.rotary_emb.inv_freq": inv_freq.to(torch.bfloat16)
+        for n in range(cfg.num_hidden_layers)
+    }
 
 
 def random_state_dict(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -130,7 +150,11 @@ def write_tiny_checkpoint(out_dir: str | Path, variant: str = COGVLM, seed: int 
     raw = tiny_config(variant)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
-    write_shards(random_state_dict(ModelConfig.from_dict(raw), seed), out)
+    cfg = ModelConfig.from_dict(raw)
+    state = random_state_dict(cfg, seed)
+    if cfg.is_video:
+        state.update(rotary_buffers(cfg))
+    write_shards(state, out)
     write_tokenizer(variant, out)
     return out
 
@@ -138,7 +162,7 @@ def write_tiny_checkpoint(out_dir: str | Path, variant: str = COGVLM, seed: int 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="directory to write (created if needed)")
-    parser.add_argument("--variant", choices=[COGVLM, COGVLM2], default=COGVLM)
+    parser.add_argument("--variant", choices=[COGVLM, COGVLM2, COGVLM2_VIDEO], default=COGVLM)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     print(write_tiny_checkpoint(args.out, args.variant, args.seed))

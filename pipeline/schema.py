@@ -36,6 +36,12 @@ ORIGINAL_HEIGHT = "original_height"
 SHA256 = "sha256"  # of the downloaded bytes
 IMAGE_FORMAT = "image_format"
 
+# --- video (jobs.label with a video model) ------------------------------------------------
+FRAME_TIMESTAMPS = "frame_timestamps"  # start time in seconds of each frame the model saw, in order
+DURATION = "duration"  # seconds, from the frames' timestamps
+FPS = "fps"  # the stream's average frame rate
+VIDEO_CODEC = "video_codec"
+
 # Internal columns that travel between stages but are never written to Parquet.
 IMAGE_BYTES = "_image"
 SHARD = "_shard"  # internal: the output shard (a fixed range of input rows) the row belongs to
@@ -92,11 +98,17 @@ class Reason:
     # decode
     NOT_AN_IMAGE = "not_an_image"
     DECODE_ERROR = "decode_error"
+    NOT_A_VIDEO = "not_a_video"  # no container FFmpeg can read
+    NO_VIDEO_STREAM = "no_video_stream"  # e.g. audio only
+    EMPTY_VIDEO = "empty_video"  # a video stream without a single frame
+    VIDEO_TRUNCATED = "video_truncated"  # decodes only partly: frames the sampler needs are missing
     # filters
     TOO_SMALL = "too_small"
     ASPECT_RATIO = "aspect_ratio"
     TOO_MANY_PIXELS = "too_many_pixels"
     UNSUPPORTED_FORMAT = "unsupported_format"  # --other-formats reject
+    TOO_SHORT = "too_short"  # video shorter than --min-duration
+    TOO_LONG = "too_long"  # video longer than --max-duration
     CAPTION_EMPTY = "caption_empty"
     CAPTION_TOO_SHORT = "caption_too_short"
     CAPTION_TOO_LONG = "caption_too_long"
@@ -128,6 +140,12 @@ REASON_STATUS = {
     Reason.FILE_NOT_FOUND: Status.FAILED_TO_DOWNLOAD,
     Reason.NOT_AN_IMAGE: Status.FAILED_TO_DECODE,
     Reason.DECODE_ERROR: Status.FAILED_TO_DECODE,
+    Reason.NOT_A_VIDEO: Status.FAILED_TO_DECODE,
+    Reason.NO_VIDEO_STREAM: Status.FAILED_TO_DECODE,
+    Reason.EMPTY_VIDEO: Status.FAILED_TO_DECODE,
+    Reason.VIDEO_TRUNCATED: Status.FAILED_TO_DECODE,
+    Reason.TOO_SHORT: Status.FILTERED,
+    Reason.TOO_LONG: Status.FILTERED,
     Reason.TOO_SMALL: Status.FILTERED,
     Reason.ASPECT_RATIO: Status.FILTERED,
     Reason.TOO_MANY_PIXELS: Status.FILTERED,
@@ -232,8 +250,17 @@ PREVIEW_FIELDS = [
     pa.field(HEIGHT, pa.int32()),
 ]
 
+# Columns jobs.label adds for videos (width and height are the corpus columns, of the frames).
+VIDEO_FIELDS = [
+    pa.field(FRAME_TIMESTAMPS, pa.list_(pa.float64())),
+    pa.field(DURATION, pa.float64()),
+    pa.field(FPS, pa.float64()),
+    pa.field(VIDEO_CODEC, pa.string()),
+]
+VIDEO_COLUMNS = [f.name for f in VIDEO_FIELDS]
+
 INTERNAL_COLUMNS = [IMAGE_BYTES, PIXEL_VALUES, PHRASES, PROMPTS, SHARD]
 
 
 def reserved_columns() -> set[str]:
-    return set(CORPUS_COLUMNS) | set(LABEL_COLUMNS) | set(INTERNAL_COLUMNS)
+    return set(CORPUS_COLUMNS) | set(LABEL_COLUMNS) | set(INTERNAL_COLUMNS) | set(VIDEO_COLUMNS)

@@ -1,5 +1,6 @@
 """Inputs that already hold images, for jobs.label: corpora written by us or by img2dataset
-(webdataset tars or Parquet with image bytes) and plain folders of image files.
+(webdataset tars or Parquet with image bytes), plain folders of image files, and, for video models,
+folders of video files and video2dataset's webdataset tars.
 
 Every source yields rows with key, url, caption, the image bytes (or a path the fetch stage
 reads) and the input's own columns, like pipeline.reader does for URL lists. Inputs may live on
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from filters.video import VIDEO_EXTENSIONS
 from pipeline import schema, storage
 from pipeline.raycompat import Datasource, read_task
 from pipeline.reader import ROWS_PER_BLOCK, ColumnMap, InputError, Shard, input_format, rejected_rows
@@ -29,7 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".
 # A corpus row's own facts are measured again by the fetch stage; carrying the old values
 # too would only confuse. Everything else in a sample's json is the user's and is kept.
 _REMEASURED = set(schema.CORPUS_COLUMNS) | {"exif", "__key__"}
-INPUT_FORMATS = ("auto", "urls", "images", "webdataset", "parquet-images")
+INPUT_FORMATS = ("auto", "urls", "images", "videos", "webdataset", "parquet-images")
 
 
 def _rows_to_table(rows: list[dict], columns: ColumnMap) -> pa.Table:
@@ -86,7 +88,9 @@ def _tar_samples(uri: str, with_data: bool = True) -> Iterator[dict]:
 
 def _sample_row(sample: dict) -> dict:
     meta = json.loads(sample["json"]) if "json" in sample else {}
-    image = next((sample[e.lstrip(".")] for e in IMAGE_EXTENSIONS if e.lstrip(".") in sample), None)
+    # video2dataset's tars hold KEY.mp4 (etc.) where img2dataset's hold KEY.jpg
+    media = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    image = next((sample[e.lstrip(".")] for e in media if e.lstrip(".") in sample), None)
     row = {k: v for k, v in meta.items() if k not in _REMEASURED and not isinstance(v, (dict, list))}
     row.update(
         {
@@ -178,7 +182,7 @@ class FileListDatasource(Datasource):
         kind, columns, root, item = self._kind, self._columns, self._root, self._items[shard.source]
 
         def read() -> Iterator[pa.Table]:
-            if kind == "images":
+            if kind in ("images", "videos"):
                 yield from _blocks(_isolated(iter(item), lambda p: _image_row(p, root)), columns, shard.index)
             elif kind == "webdataset":
                 yield from _blocks(_isolated(_tar_samples(item), _sample_row), columns, shard.index)
@@ -186,7 +190,7 @@ class FileListDatasource(Datasource):
                 path, image_col = item
                 yield from _blocks(_parquet_image_rows(path, image_col), columns, shard.index)
 
-        files = tuple(p if isinstance(p, str) else p[0] for p in (item if kind == "images" else [item]))
+        files = tuple(p if isinstance(p, str) else p[0] for p in (item if kind in ("images", "videos") else [item]))
         return read_task(read, files)
 
 
@@ -241,7 +245,9 @@ def detect_format(spec: str) -> str:
         return "urls"
     if any(p.lower().endswith(IMAGE_EXTENSIONS) for p in paths):
         return "images"
-    raise InputError(f"--input {spec}: found no URL lists, tar shards, Parquet or image files")
+    if any(p.lower().endswith(VIDEO_EXTENSIONS) for p in paths):
+        return "videos"
+    raise InputError(f"--input {spec}: found no URL lists, tar shards, Parquet, image or video files")
 
 
 def _files(spec: str, suffixes: tuple[str, ...]) -> list[str]:
@@ -290,8 +296,8 @@ def image_source(kind: str, spec: str, columns: ColumnMap, shard_size: int) -> t
                 items.append((path, image_col))
                 counts.append(_parquet_file(path).metadata.num_rows)
             root = ""
-        elif kind == "images":
-            paths = _files(spec, IMAGE_EXTENSIONS)
+        elif kind in ("images", "videos"):
+            paths = _files(spec, IMAGE_EXTENSIONS if kind == "images" else VIDEO_EXTENSIONS)
             fs, path = storage.resolve(spec)
             is_dir = storage.info(fs, path).type == pafs.FileType.Directory
             root = spec.rstrip("/") if is_dir else posixpath.dirname(spec)

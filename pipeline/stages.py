@@ -241,12 +241,16 @@ class FetchAndFilter:
         await asyncio.to_thread(self._inspect_all, table, have, results)
         return result_columns(table, results)
 
+    def inspect(self, data: bytes) -> RowResult:
+        """The checks a fetched body goes through; pipeline.video.FetchVideos passes videos on."""
+        return inspect_image(data, self.options, self.resizer)
+
     def _inspect_all(self, table: pa.Table, images: list, results: list[RowResult]) -> None:
         for i, data in enumerate(images):
             if data is None or results[i].rejection:
                 continue
             try:
-                inspected = inspect_image(data, self.options, self.resizer)
+                inspected = self.inspect(data)
             except Exception as e:
                 results[i].rejection = row_failure("inspect", e)
                 continue

@@ -9,11 +9,13 @@ count attempts per URL and TCP connections (distinct client ports).
 HTTP status). It holds for `TABLE_OPTIONS` (timeout 2 s, retries 2, max_bytes 1 MiB,
 max_redirects 5, allow_networks 127.0.0.1/32, user_agent_token "cogscale-test"). A None reason
 only means the bytes come through the download stage: decoding and filters judge them later.
+`/video/NAME` serves the clips of `video_bodies()` (encoded on first use).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import threading
 import time
@@ -24,7 +26,7 @@ from aiohttp import web
 
 from pipeline.download import DownloadOptions
 from pipeline.schema import Reason
-from tests import images
+from tests import images, videos
 
 TABLE_OPTIONS = DownloadOptions(
     timeout=2.0,
@@ -55,6 +57,24 @@ IMAGES: dict[str, tuple[bytes, str]] = {
     "/img/truncated.jpg": (images.truncated_jpeg(), "image/jpeg"),
     "/img/bomb.png": (images.bomb_png(), "image/png"),
 }
+
+
+
+@functools.cache
+def video_bodies() -> dict[str, tuple[bytes, str]]:
+    """path -> (bytes, content type) of the /video/ routes; encoded on first use, not at import."""
+    mp4 = videos.encode(seconds=3.0, fps=10)
+    return {
+        "/video/clip.mp4": (mp4, "video/mp4"),
+        "/video/clip.webm": (videos.encode(seconds=2.0, fps=10, container="webm", codec="libvpx-vp9"), "video/webm"),
+        "/video/with-audio.mp4": (videos.encode(seconds=2.0, audio=True), "video/mp4"),
+        "/video/long.mp4": (videos.encode(seconds=30.0, fps=2), "video/mp4"),
+        "/video/truncated.mp4": (videos.truncated(videos.encode(seconds=4.0, fps=10)), "video/mp4"),
+        "/video/audio-only.m4a": (videos.audio_only(), "audio/mp4"),
+        "/video/zero-frames.mp4": (videos.zero_frames(), "video/mp4"),
+        "/video/huge.mkv": (videos.huge(), "video/x-matroska"),
+    }
+
 
 HTML = b"<!doctype html><html><head><title>not an image</title></head><body>hello</body></html>"
 TRICKLE_INTERVAL = 0.5
@@ -193,6 +213,7 @@ class HttpServer:
         app.add_routes(
             [
                 web.get("/img/{name}", self._image),
+                web.get("/video/{name}", self._video),
                 web.get("/slow/image.jpg", self._slow_image),
                 web.get("/html", self._html),
                 web.get("/empty", self._empty),
@@ -236,6 +257,13 @@ class HttpServer:
         if request.path not in IMAGES:
             raise web.HTTPNotFound()
         return _image_response(request.path)
+
+    async def _video(self, request: web.Request) -> web.Response:
+        bodies = await asyncio.to_thread(video_bodies)  # the first request encodes them
+        if request.path not in bodies:
+            raise web.HTTPNotFound()
+        body, content_type = bodies[request.path]
+        return web.Response(body=body, content_type=content_type)
 
     async def _slow_image(self, request: web.Request) -> web.StreamResponse:
         body, content_type = IMAGES["/img/jpeg.jpg"]
