@@ -95,7 +95,7 @@ def prepare_output(output: str, job: str, settings: dict, overwrite: bool = Fals
     try:
         fs, root = output_filesystem(output)
         names = _entries(fs, root)
-        has_results = bool(names & (set(OUR_ENTRIES) - {SETTINGS_FILE}))  # settings alone make no stale rows
+        has_results = bool(names & (set(OUR_ENTRIES) - {SETTINGS_FILE, storage.TMP_DIR}))  # nor do settings or temporary files alone
         if overwrite and names:
             if not names & set(OUR_ENTRIES):
                 raise InputError(f"--output {output} holds files that are not an output of ours; --overwrite deletes only our outputs")
