@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--prompt-col", dest="prompt_col", default=None, help="vqa: input column holding each row's question")
     g.add_argument("--phrases", default=None, help='ground: comma-separated phrases for every row, e.g. "cat,dog,person"')
     g.add_argument("--phrases-col", dest="phrases_col", default=None, help="ground: input list column holding each row's phrases")
-    g.add_argument("--template", choices=("base", "chat", "vqa"), default=None, help="prompt template (default: the checkpoint's template_version)")
+    g.add_argument("--template", choices=("base", "chat", "vqa", "chat_old"), default=None, help="prompt template (default: the checkpoint's template_version; chat_old is CogAgent's, GLM-4V has chat only)")
 
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=128, help="(default: %(default)s)")
@@ -89,16 +89,19 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     return TaskSpec(args.task, args.prompt, args.prompt_col, phrases, args.phrases_col, args.template)
 
 
-def check_model_dirs(model_dir: str, tokenizer_dir: str | None) -> None:
-    """Fail before any work if the checkpoint or tokenizer cannot be read."""
+def check_model_dirs(model_dir: str, tokenizer_dir: str | None, template: str | None = None) -> None:
+    """Fail before any work if the checkpoint or tokenizer cannot be read, or lacks the template."""
+    from model.config import TEMPLATES_BY_VARIANT
     from model.loading import CheckpointError, check_checkpoint_dir
     from model.processor import load_tokenizer
 
     try:
-        check_checkpoint_dir(model_dir)
+        variant = check_checkpoint_dir(model_dir).variant
         load_tokenizer(model_dir, tokenizer_dir)
     except CheckpointError as e:
         raise InputError(str(e)) from e
+    if template and template not in TEMPLATES_BY_VARIANT[variant]:
+        raise InputError(f"--template {template}: a {variant} checkpoint has {', '.join(TEMPLATES_BY_VARIANT[variant])}")
 
 
 def generation_settings(args: argparse.Namespace):
@@ -136,7 +139,7 @@ def run(args) -> dict:
     if options.resize != "no":
         raise InputError("--resize does not apply to jobs.label: the model resizes to its own input size")
     spec = task_spec(args)
-    check_model_dirs(args.model, args.tokenizer)
+    check_model_dirs(args.model, args.tokenizer, args.template)
     read, kind = source_dataset(args, options)
     if kind == "images":
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})

@@ -1,4 +1,7 @@
-"""config.json of a CogVLM / CogVLM2 checkpoint -> ModelConfig, and which variant it is.
+"""config.json of a CogVLM-family checkpoint -> ModelConfig, and which variant it is.
+
+Variants: CogVLM (v1), CogVLM2, CogAgent (v1 plus a high-res cross tower), GLM-4V (GLM-4 backbone,
+its own key names and config fields; shared/spec/glm-4v.md).
 
 No torch here: CPU-only pipeline stages read the config (image size, template) through this.
 """
@@ -10,7 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COGVLM, COGVLM2 = "cogvlm", "cogvlm2"
+COGAGENT, GLM4V = "cogagent", "glm4v"
 LLAMA3_VOCAB_SIZE, LLAMA3_BOS = 128256, 128000
+# the prompt templates each variant has (spec: cogagent.md "Prompts"; GLM-4V has its chat template only)
+TEMPLATES_BY_VARIANT = {
+    COGVLM: ("base", "chat", "vqa"),
+    COGVLM2: ("base", "chat", "vqa"),
+    COGAGENT: ("base", "chat", "vqa", "chat_old"),
+    GLM4V: ("chat",),
+}
+# spec (cogagent.md): the high-res tower's sizes are hard-coded in the official code (EVA02-CLIP-L);
+# a `cross_vision_config` object in config.json (project convention for tiny checkpoints) overrides them
+CROSS_VISION_DEFAULTS = {
+    "width": 1024, "layers": 24, "head_width": 64, "mlp_ratio": 2.6667, "patch_size": 14,
+    "embed_dim": 768, "pt_hw_seq_len": 16, "layer_norm_eps": 1e-6,
+}
 
 
 class CheckpointError(ValueError):
@@ -35,8 +52,35 @@ class VisionConfig:
 
 
 @dataclass(frozen=True)
+class CrossVisionConfig:
+    """CogAgent's high-resolution tower (EVA02-CLIP-L layout)."""
+
+    image_size: int
+    width: int
+    layers: int
+    head_width: int
+    mlp_ratio: float
+    patch_size: int
+    embed_dim: int  # the unused output head
+    pt_hw_seq_len: int  # the 2-D RoPE's pre-training grid
+    layer_norm_eps: float
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_heads(self) -> int:
+        return self.width // self.head_width
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.width * self.mlp_ratio)  # spec: int(1024 * 2.6667) = 2730
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    variant: str  # COGVLM or COGVLM2, from detect_variant
+    variant: str  # COGVLM, COGVLM2, COGAGENT or GLM4V, from detect_variant
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -50,10 +94,17 @@ class ModelConfig:
     pad_token_id: int
     template_version: str
     vision: VisionConfig
+    cross_vision: CrossVisionConfig | None = None  # CogAgent only
+    cross_compute_hidden_size: int = 0  # CogAgent: width of the cross-attention (C)
+    kv_channels: int | None = None  # GLM-4V: head dim as given; else hidden / heads
+    boi_token_id: int | None = None  # GLM-4V: the image placeholder is boi, pad, eoi
+    eoi_token_id: int | None = None
+    vision_scaling: float = 1.0  # GLM-4V: image tokens are divided by scaling_factor
+    rope_ratio: float = 1.0  # GLM-4V: RoPE base 10000 * rope_ratio
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
 
     @property
     def qkv_size(self) -> int:  # fused q, k, v rows
@@ -61,11 +112,13 @@ class ModelConfig:
 
     @property
     def rope_base(self) -> float:
+        if self.variant == GLM4V:
+            return 10000.0 * self.rope_ratio  # spec (glm-4v.md): rope_ratio defaults to 1
         return 500000.0 if self.variant == COGVLM2 else 10000.0  # spec: RoPE base
 
     @property
-    def downsample(self) -> bool:  # spec: v2's 2x2 stride-2 conv over the patch grid
-        return self.variant == COGVLM2
+    def downsample(self) -> bool:  # spec: v2's (and GLM-4V's) 2x2 stride-2 conv over the patch grid
+        return self.variant in (COGVLM2, GLM4V)
 
     @property
     def num_image_tokens(self) -> int:  # boi + patches + eoi
@@ -89,6 +142,22 @@ class ModelConfig:
                 in_channels=vraw.get("in_channels", 3),
                 layer_norm_eps=vraw.get("layer_norm_eps", 1e-6),
             )
+            if variant == GLM4V:
+                cfg = _glm4v_config(raw, vision)
+                cfg._validate(raw)
+                return cfg
+            cross = {}
+            if variant == COGAGENT:
+                # spec (cogagent.md): config-class defaults when a key is absent
+                overrides = raw.get("cross_vision_config", {})
+                unknown = sorted(set(overrides) - set(CROSS_VISION_DEFAULTS))
+                if unknown:
+                    raise CheckpointError(f"cross_vision_config has unknown keys {unknown}")
+                tower = {**CROSS_VISION_DEFAULTS, **overrides}
+                cross = {
+                    "cross_vision": CrossVisionConfig(image_size=raw.get("cross_image_size", 1120), **tower),
+                    "cross_compute_hidden_size": raw.get("cross_compute_hidden_size", 1024),
+                }
             eos = raw.get("eos_token_id", [128001, 128009] if v2 else 2)
             cfg = cls(
                 variant=variant,
@@ -106,6 +175,7 @@ class ModelConfig:
                 pad_token_id=raw.get("pad_token_id", 128002 if v2 else 0),
                 template_version=raw.get("template_version", "chat"),
                 vision=vision,
+                **cross,
             )
         except KeyError as e:
             raise CheckpointError(f"config.json lacks the field {e.args[0]!r}") from None
@@ -117,8 +187,8 @@ class ModelConfig:
         return cls.from_dict(read_config_json(model_dir))
 
     def _validate(self, raw: dict) -> None:
-        problems = []
-        if raw.get("hidden_act", "silu") != "silu":
+        problems = _check_glm4v(raw) if self.variant == GLM4V else []
+        if raw.get("hidden_act", "silu") != "silu" and self.variant != GLM4V:
             problems.append(f"hidden_act {raw['hidden_act']!r} (expected 'silu')")
         if raw["vision_config"].get("hidden_act", "gelu") != "gelu":
             problems.append(f"vision hidden_act {raw['vision_config']['hidden_act']!r} (expected 'gelu')")
@@ -132,19 +202,76 @@ class ModelConfig:
             )
         if self.downsample and v.grid % 2:
             problems.append(f"the 2x2 stride-2 conv needs an even patch grid, got {v.grid}")
-        if self.template_version not in ("base", "chat", "vqa"):
+        if self.template_version not in TEMPLATES_BY_VARIANT[self.variant]:
             problems.append(f"template_version {self.template_version!r}")
+        x = self.cross_vision
+        if x is not None:
+            if x.image_size % x.patch_size or x.width % x.head_width or x.head_width % 4:
+                problems.append(f"cross tower: image {x.image_size}, patch {x.patch_size}, width {x.width}, head {x.head_width}")
+            # spec: cross_hidden_size equals the tower width; the official code needs compute == hidden
+            if raw.get("cross_hidden_size", x.width) != x.width or self.cross_compute_hidden_size != x.width:
+                problems.append(
+                    f"cross_hidden_size {raw.get('cross_hidden_size')} / cross_compute_hidden_size "
+                    f"{self.cross_compute_hidden_size} must both equal the cross tower width {x.width}"
+                )
+            if self.cross_compute_hidden_size % self.num_attention_heads:
+                problems.append("cross_compute_hidden_size must divide by num_attention_heads")
         if problems:
             raise CheckpointError("unsupported config.json: " + "; ".join(problems))
 
 
+def _glm4v_config(raw: dict, vision: VisionConfig) -> ModelConfig:
+    """GLM-4V's config.json names its fields the ChatGLM way (spec: glm-4v.md)."""
+    eos = raw.get("eos_token_id", [151329, 151336, 151338])
+    heads = raw["num_attention_heads"]
+    return ModelConfig(
+        variant=GLM4V,
+        vocab_size=raw["padded_vocab_size"],  # spec: vocab_size = padded_vocab_size; padding rows are kept
+        hidden_size=raw["hidden_size"],
+        intermediate_size=raw["ffn_hidden_size"],
+        num_hidden_layers=raw["num_layers"],
+        num_attention_heads=heads,
+        num_kv_heads=raw["multi_query_group_num"] if raw.get("multi_query_attention") else heads,
+        max_position_embeddings=raw["seq_length"],
+        rms_norm_eps=raw["layernorm_epsilon"],
+        bos_token_id=None,  # GLM-4 has no bos: the template starts with [gMASK]<sop>
+        eos_token_ids=tuple(eos) if isinstance(eos, list) else (eos,),
+        pad_token_id=raw.get("pad_token_id", 151329),
+        template_version="chat",
+        vision=vision,
+        kv_channels=raw["kv_channels"],
+        boi_token_id=raw["boi_token_id"],
+        eoi_token_id=raw["eoi_token_id"],
+        vision_scaling=float(raw["vision_config"].get("scaling_factor", 8)),
+        rope_ratio=float(raw.get("rope_ratio", 1)),
+    )
+
+
+def _check_glm4v(raw: dict) -> list[str]:
+    """The GLM-4V block options our code implements (spec: glm-4v.md config table)."""
+    expected = {"add_qkv_bias": True, "add_bias_linear": False, "rmsnorm": True, "post_layer_norm": True,
+                "apply_residual_connection_post_layernorm": False, "original_rope": True}
+    problems = [f"{k} {raw.get(k)!r} (expected {v!r})" for k, v in expected.items() if raw.get(k, v) != v]
+    if raw.get("pre_seq_len"):
+        problems.append("pre_seq_len (p-tuning prefixes are not supported)")
+    return problems
+
+
 def detect_variant(raw: dict) -> str:
-    """CogVLM2 iff the config is for the Llama-3 backbone.
+    """GLM-4V iff the ChatGLM config has a vision tower and an image-begin token (spec: glm-4v.md);
+    CogAgent iff it names the cross tower (its config keys or class); else CogVLM2 iff the config is
+    for the Llama-3 backbone.
 
     The released cogvlm2 config.json says so only through Llama-3's vocabulary (vocab_size 128256,
     bos 128000): it omits `num_multi_query_heads`. A config that names `num_multi_query_heads`
     (the v2 config class field; tiny test checkpoints use it) is v2 as well. Anything else is v1.
     """
+    if raw.get("model_type") == "chatglm" or "padded_vocab_size" in raw:
+        if "vision_config" in raw and "boi_token_id" in raw:
+            return GLM4V
+        raise CheckpointError("a ChatGLM config without vision_config/boi_token_id is a text-only GLM, not GLM-4V")
+    if "CogAgentForCausalLM" in raw.get("architectures", []) or any(k.startswith("cross_") for k in raw):
+        return COGAGENT
     if "num_multi_query_heads" in raw:
         return COGVLM2
     if raw.get("vocab_size") == LLAMA3_VOCAB_SIZE or raw.get("bos_token_id") == LLAMA3_BOS:
@@ -169,8 +296,11 @@ def read_config_json(model_dir: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     architectures = raw.get("architectures", ["CogVLMForCausalLM"])
-    if "CogVLMForCausalLM" not in architectures:
+    # spec: GLM-4V says ChatGLMModel (misleading, but that is its file); CogAgent says CogAgentForCausalLM
+    known = ("CogVLMForCausalLM", "CogAgentForCausalLM", "ChatGLMModel", "ChatGLMForConditionalGeneration")
+    if not any(a in known for a in architectures):
         raise CheckpointError(
-            f"{path} describes {architectures}, not CogVLMForCausalLM (CogVLM / CogVLM2 chat, base, grounding)"
+            f"{path} describes {architectures}, not a CogVLM-family model "
+            "(CogVLM / CogVLM2 chat, base, grounding; CogAgent; GLM-4V)"
         )
     return raw
