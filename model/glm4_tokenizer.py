@@ -78,17 +78,14 @@ def bpe_from_ranks(ranks: dict[bytes, int]):
     from tokenizers import models
 
     to_char = byte_to_unicode()
-
-    def text(token: bytes) -> str:
-        return "".join(to_char[b] for b in token)
-
-    vocab = {text(token): rank for token, rank in ranks.items()}
+    text = {token: "".join(to_char[b] for b in token) for token in ranks}  # the ByteLevel spelling
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
         for cut in range(1, len(token)):  # spec: every split of every multi-byte token, ordered by rank
             left, right = token[:cut], token[cut:]
-            if left in ranks and right in ranks:
-                merges.append((text(left), text(right)))
+            if left in text and right in text:
+                merges.append((text[left], text[right]))
+    vocab = {text[token]: rank for token, rank in ranks.items()}
     return models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False)
 
 
