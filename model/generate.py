@@ -3,7 +3,7 @@
 Cache layout per row: [bos, boi, patches | left padding, eoi, text | generated]. The first part
 (the image prefix) depends only on the image, so it is computed once per unique image and
 copied to every row that shares it (the `ground` task asks many questions per image). GLM-4V's
-prefix starts with `[gMASK]<sop><|user|>\n` instead of bos. CogAgent's cross-attention keys and
+prefix starts with `[gMASK]<sop><|user|>\\n` instead of bos. CogAgent's cross-attention keys and
 values are computed once per image at prefill and read in place by every row and step. Position
 ids follow each row's own tokens, starting at 0 at its bos, and padding is masked out, so a row's
 result does not depend on what it is batched with (spec: the reference gets this wrong).

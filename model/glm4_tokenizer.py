@@ -98,7 +98,7 @@ def byte_to_unicode() -> dict[int, str]:
 
 def load_glm4_tokenizer(path: str | Path):
     """PreTrainedTokenizerFast for a GLM-4 tokenizer directory; errors name the file to fix."""
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers, processors
     from transformers import AddedToken, PreTrainedTokenizerFast
 
     path = Path(path)
@@ -113,6 +113,9 @@ def load_glm4_tokenizer(path: str | Path):
     ])
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    if {"[gMASK]", "<sop>"} <= set(specials):  # spec: encode() with special tokens adds the [gMASK]<sop> prefix
+        prefix = [(s, len(ranks) + specials.index(s)) for s in ("[gMASK]", "<sop>")]
+        tokenizer.post_processor = processors.TemplateProcessing(single="[gMASK] <sop> $A", special_tokens=prefix)
     eos = config.get("eos_token", "<|endoftext|>")
     pad = config.get("pad_token", eos)
     return PreTrainedTokenizerFast(

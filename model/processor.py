@@ -141,7 +141,7 @@ def cogagent_template(query: str, template: str, history: Sequence[tuple[str, st
 
 
 def glm4_chat_template(query: str, history: Sequence[tuple[str, str]] = ()) -> str:
-    """spec (glm-4v.md): `[gMASK]<sop>`, then `<|role|>` + metadata "\n" + content per message, the image
+    """spec (glm-4v.md): `[gMASK]<sop>`, then `<|role|>` + metadata "\\n" + content per message, the image
     placeholder in the first user turn, and `<|assistant|>` alone to ask for the answer. Written as the
     string whose encoding (specials split out first) gives the official chat-template ids."""
     turns = [*history, (query, None)]
@@ -157,7 +157,7 @@ def split_prompt_ids(ids: Sequence[int], cfg: ModelConfig) -> tuple[list[int], l
     """An encoded templated prompt -> (the ids before the image, the text ids after it).
 
     CogVLM-style prompts hold text only: the row is [bos] + image + text. A GLM-4V prompt holds its
-    image placeholder (boi, pad, eoi) after `[gMASK]<sop><|user|>\n`.
+    image placeholder (boi, pad, eoi) after `[gMASK]<sop><|user|>\\n`.
     """
     if cfg.variant != GLM4V:
         return [cfg.bos_token_id], list(ids)

@@ -63,6 +63,8 @@ def test_tokenizer_gives_tiktoken_ids(glm, glm_dir):
         assert ids == enc.encode(text, disallowed_special=()), text
         assert glm.tokenizer.decode(ids) == text
     assert len(glm.tokenizer) == 256 + 120 + len(GLM4_SPECIALS)
+    prefix = glm.tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>"])
+    assert glm.tokenizer.encode("hi") == prefix + glm.tokenizer.encode("hi", add_special_tokens=False)  # as official
 
 
 def test_real_vocabulary_conversion_equals_tiktoken_and_the_published_tokenizer(tmp_path):
