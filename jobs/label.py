@@ -100,8 +100,9 @@ def check_model_dirs(model_dir: str, tokenizer_dir: str | None, template: str | 
         load_tokenizer(model_dir, tokenizer_dir)
     except CheckpointError as e:
         raise InputError(str(e)) from e
-    if template and template not in TEMPLATES_BY_VARIANT[variant]:
-        raise InputError(f"--template {template}: a {variant} checkpoint has {', '.join(TEMPLATES_BY_VARIANT[variant])}")
+    known = TEMPLATES_BY_VARIANT.get(variant, TEMPLATES_BY_VARIANT["cogvlm"])
+    if template and template not in known:
+        raise InputError(f"--template {template}: a {variant} checkpoint has {', '.join(known)}")
 
 
 def generation_settings(args: argparse.Namespace):

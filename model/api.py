@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from model.config import GLM4V, ModelConfig

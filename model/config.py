@@ -202,7 +202,7 @@ class ModelConfig:
             )
         if self.downsample and v.grid % 2:
             problems.append(f"the 2x2 stride-2 conv needs an even patch grid, got {v.grid}")
-        if self.template_version not in TEMPLATES_BY_VARIANT[self.variant]:
+        if self.template_version not in TEMPLATES_BY_VARIANT.get(self.variant, TEMPLATES_BY_VARIANT[COGVLM]):
             problems.append(f"template_version {self.template_version!r}")
         x = self.cross_vision
         if x is not None:
@@ -220,8 +220,18 @@ class ModelConfig:
             raise CheckpointError("unsupported config.json: " + "; ".join(problems))
 
 
+# spec (glm-4v.md): ChatGLMConfig's defaults, what the official code uses for a key config.json lacks
+GLM4V_DEFAULTS = {
+    "num_layers": 28, "padded_vocab_size": 65024, "hidden_size": 4096, "ffn_hidden_size": 13696, "kv_channels": 128,
+    "num_attention_heads": 32, "seq_length": 2048, "layernorm_epsilon": 1e-5, "multi_query_attention": False,
+    "multi_query_group_num": 1, "rope_ratio": 1, "add_qkv_bias": False, "add_bias_linear": False, "rmsnorm": True,
+    "post_layer_norm": True, "apply_residual_connection_post_layernorm": False, "original_rope": True,
+}
+
+
 def _glm4v_config(raw: dict, vision: VisionConfig) -> ModelConfig:
     """GLM-4V's config.json names its fields the ChatGLM way (spec: glm-4v.md)."""
+    raw = {**GLM4V_DEFAULTS, **raw}
     eos = raw.get("eos_token_id", [151329, 151336, 151338])
     heads = raw["num_attention_heads"]
     return ModelConfig(
@@ -231,7 +241,7 @@ def _glm4v_config(raw: dict, vision: VisionConfig) -> ModelConfig:
         intermediate_size=raw["ffn_hidden_size"],
         num_hidden_layers=raw["num_layers"],
         num_attention_heads=heads,
-        num_kv_heads=raw["multi_query_group_num"] if raw.get("multi_query_attention") else heads,
+        num_kv_heads=raw["multi_query_group_num"] if raw["multi_query_attention"] else heads,
         max_position_embeddings=raw["seq_length"],
         rms_norm_eps=raw["layernorm_epsilon"],
         bos_token_id=None,  # GLM-4 has no bos: the template starts with [gMASK]<sop>
@@ -243,15 +253,17 @@ def _glm4v_config(raw: dict, vision: VisionConfig) -> ModelConfig:
         boi_token_id=raw["boi_token_id"],
         eoi_token_id=raw["eoi_token_id"],
         vision_scaling=float(raw["vision_config"].get("scaling_factor", 8)),
-        rope_ratio=float(raw.get("rope_ratio", 1)),
+        rope_ratio=float(raw["rope_ratio"]),
     )
 
 
 def _check_glm4v(raw: dict) -> list[str]:
-    """The GLM-4V block options our code implements (spec: glm-4v.md config table)."""
+    """The GLM-4V block options our code implements (spec: glm-4v.md config table); an absent key
+    means ChatGLMConfig's default, as in the official code."""
     expected = {"add_qkv_bias": True, "add_bias_linear": False, "rmsnorm": True, "post_layer_norm": True,
                 "apply_residual_connection_post_layernorm": False, "original_rope": True}
-    problems = [f"{k} {raw.get(k)!r} (expected {v!r})" for k, v in expected.items() if raw.get(k, v) != v]
+    problems = [f"{k} {raw.get(k, GLM4V_DEFAULTS[k])!r} (expected {v!r})"
+                for k, v in expected.items() if raw.get(k, GLM4V_DEFAULTS[k]) != v]
     if raw.get("pre_seq_len"):
         problems.append("pre_seq_len (p-tuning prefixes are not supported)")
     return problems

@@ -216,8 +216,14 @@ def test_cogagent_cross_sizes_must_agree():
 
 
 def test_glm4v_block_options_are_checked():
+    glm = RELEASED_CONFIGS["glm-4v-9b"]
     with pytest.raises(CheckpointError, match="add_qkv_bias"):
-        ModelConfig.from_dict({**RELEASED_CONFIGS["glm-4v-9b"], "add_qkv_bias": False})
+        ModelConfig.from_dict({**glm, "add_qkv_bias": False})
+    with pytest.raises(CheckpointError, match="add_qkv_bias False"):  # absent: the config class's default, False
+        ModelConfig.from_dict({k: v for k, v in glm.items() if k != "add_qkv_bias"})
+    # spec: absent keys take ChatGLMConfig's defaults (seq_length 2048, one key/value group, rope_ratio 1)
+    cfg = ModelConfig.from_dict({k: v for k, v in glm.items() if k not in ("seq_length", "multi_query_group_num")})
+    assert (cfg.max_position_embeddings, cfg.num_kv_heads, cfg.rope_base) == (2048, 1, 10000.0)
 
 
 def test_tiny_configs_detect_as_their_variant(tiny_dir, variant):
