@@ -81,13 +81,14 @@ def test_missing_config_json(tiny_dir, tmp_path):
         VisualExpertModel.load(target)
 
 
-def test_broken_config_json(tiny_dir, tmp_path):
+def test_broken_config_json(tiny_dir, tmp_path, variant):
     target = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, target)
     raw = json.loads((target / "config.json").read_text())
-    del raw["hidden_size"]
+    field = "eoi_token_id" if variant == "glm4v" else "hidden_size"  # GLM-4V's config class defaults hidden_size
+    del raw[field]
     (target / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="lacks the field 'hidden_size'"):
+    with pytest.raises(CheckpointError, match=f"lacks the field '{field}'"):
         load_model(target)
 
 
