@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--prompt-col", dest="prompt_col", default=None, help="vqa: input column holding each row's question")
     g.add_argument("--phrases", default=None, help='ground: comma-separated phrases for every row, e.g. "cat,dog,person"')
     g.add_argument("--phrases-col", dest="phrases_col", default=None, help="ground: input list column holding each row's phrases")
-    g.add_argument("--template", choices=("base", "chat", "vqa"), default=None, help="prompt template (default: the checkpoint's template_version)")
+    g.add_argument("--template", choices=("base", "chat", "vqa", "chat_old"), default=None, help="prompt template (default: the checkpoint's template_version; chat_old is CogAgent's, GLM-4V has chat only)")
 
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", dest="max_new_tokens", type=number(int, at_least=1), default=None, help="(default: 128; video models: 2048, as the caption tool)")
@@ -111,16 +111,20 @@ def task_spec(args: argparse.Namespace) -> TaskSpec:
     return TaskSpec(args.task, args.prompt, args.prompt_col, phrases, args.phrases_col, args.template)
 
 
-def check_model_dirs(model_dir: str, tokenizer_dir: str | None) -> None:
-    """Fail before any work if the checkpoint or tokenizer cannot be read."""
+def check_model_dirs(model_dir: str, tokenizer_dir: str | None, template: str | None = None) -> None:
+    """Fail before any work if the checkpoint or tokenizer cannot be read, or lacks the template."""
+    from model.config import TEMPLATES_BY_VARIANT
     from model.loading import CheckpointError, check_checkpoint_dir
     from model.processor import load_tokenizer
 
     try:
-        check_checkpoint_dir(model_dir)
+        variant = check_checkpoint_dir(model_dir).variant
         load_tokenizer(model_dir, tokenizer_dir)
     except CheckpointError as e:
         raise InputError(str(e)) from e
+    known = TEMPLATES_BY_VARIANT.get(variant, TEMPLATES_BY_VARIANT["cogvlm"])
+    if template and template not in known:
+        raise InputError(f"--template {template}: a {variant} checkpoint has {', '.join(known)}")
 
 
 def generation_settings(args: argparse.Namespace):
@@ -182,7 +186,7 @@ def run(args) -> dict:
         raise InputError("--resize does not apply to jobs.label: the model resizes to its own input size")
     spec = task_spec(args)
     settings = generation_settings(args)
-    check_model_dirs(args.model, args.tokenizer)
+    check_model_dirs(args.model, args.tokenizer, args.template)
     shards, read, kind, (inputs, shard_size) = source_dataset(args, options)
     if kind in ("images", "videos"):
         options = CorpusOptions(**{**options.__dict__, "allow_local_files": True})

@@ -20,12 +20,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
-from model.config import ModelConfig
+from model.config import GLM4V, ModelConfig
 from model.generate import GenerationSettings, RowResult, beam_search, generate_rows, layout_batch, layout_padded
 from model.loading import default_device_and_dtype, load_model
-from model.model import CogVLMForCausalLM
-from model.processor import ImageProcessor, apply_template, load_tokenizer
+from model.processor import ImageProcessor, apply_template, load_tokenizer, split_prompt_ids
 from model.video import Video, build_video_input_ids, preprocess_video, uses_time_tokens
 
 __all__ = ["Generation", "GenerationSettings", "VisualExpertModel"]
@@ -39,11 +39,12 @@ class Generation:
 
 
 class VisualExpertModel:
-    def __init__(self, model: CogVLMForCausalLM, tokenizer, model_dir: Path):
-        self.model = model
+    def __init__(self, model: nn.Module, tokenizer, model_dir: Path):
+        self.model = model  # CogVLMForCausalLM, or ChatGLMForConditionalGeneration for GLM-4V
         self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
-        self.processor = ImageProcessor(self.config.vision.image_size)
+        cross = self.config.cross_vision
+        self.processor = ImageProcessor(self.config.vision.image_size, cross.image_size if cross else None)
         self.template_version = self.config.template_version
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
@@ -66,12 +67,12 @@ class VisualExpertModel:
         return f"{self._name}@{self._config_hash}"
 
     def build_prompt(self, query: str, template: str | None = None, history: Sequence[tuple[str, str]] = ()) -> str:
-        return apply_template(query, template or self.template_version, history)
+        return apply_template(query, template or self.template_version, history, self.config.variant)
 
     @torch.no_grad()
     def generate(
         self,
-        pixel_values: np.ndarray | torch.Tensor,  # [N_images, 3, S, S] float32, from ImageProcessor
+        pixel_values: np.ndarray | torch.Tensor,  # [N_images, *processor.pixel_shape] float32, from ImageProcessor
         prompts: list[str],  # already templated, one per output row
         image_index: list[int] | None = None,  # row r uses image image_index[r]; default r -> r
         settings: GenerationSettings = GenerationSettings(),
@@ -82,9 +83,9 @@ class VisualExpertModel:
         if self.config.is_video:
             return self.generate_videos(pixel_values, prompts, image_index, settings=settings)
         pixels = torch.as_tensor(pixel_values)
-        size = self.config.vision.image_size
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
-            raise ValueError(f"pixel_values must be [N, 3, {size}, {size}], got {tuple(pixels.shape)}")
+        shape = self.processor.pixel_shape
+        if tuple(pixels.shape[1:]) != shape:
+            raise ValueError(f"pixel_values must be [N, {', '.join(map(str, shape))}], got {tuple(pixels.shape)}")
         if image_index is None:
             image_index = list(range(len(prompts)))
         if len(image_index) != len(prompts) or any(not 0 <= i < len(pixels) for i in image_index):
@@ -94,13 +95,18 @@ class VisualExpertModel:
 
         unique = list(dict.fromkeys(image_index))  # images in order of first use; unused ones are skipped
         slot_of_image = {image: u for u, image in enumerate(unique)}
-        features = self.model.encode_images(pixels[unique].to(self.device))
-        text_ids = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
-        batch = layout_batch(self.model, text_ids, [slot_of_image[i] for i in image_index])
+        split = [split_prompt_ids(self.tokenizer.encode(p, add_special_tokens=False), self.config) for p in prompts]
+        leads = {tuple(lead) for lead, _ in split}
+        if len(leads) > 1:
+            raise ValueError("every prompt must start the same way before the image (build them with build_prompt)")
+        low, high = self.processor.split(pixels[unique])
+        features = self.model.encode_images(low.to(self.device))
+        cross = self.model.encode_cross_images(high.to(self.device)) if high is not None else None  # CogAgent
+        batch = layout_batch(self.model, [text for _, text in split], [slot_of_image[i] for i in image_index], [*leads.pop()])
         if settings.num_beams > 1:
-            rows = beam_search(self.model, features, batch, settings.num_beams, settings.max_new_tokens)
+            rows = beam_search(self.model, features, batch, settings.num_beams, settings.max_new_tokens, cross)
         else:
-            rows = generate_rows(self.model, features, batch, settings)
+            rows = generate_rows(self.model, features, batch, settings, cross)
         return [self._to_generation(row) for row in rows]
 
     @torch.no_grad()
@@ -151,4 +157,6 @@ class VisualExpertModel:
 
     def _to_generation(self, row: RowResult) -> Generation:
         text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+        if self.config.variant == GLM4V:  # spec: replies start with the empty assistant metadata line
+            text = text.removeprefix("\n")
         return Generation(text=text, token_ids=row.token_ids, finish_reason=row.finish_reason)

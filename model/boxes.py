@@ -325,3 +325,59 @@ def _parse(text: str, width: int, height: int, fixed_phrase: str | None) -> Pars
             boxes.append(Box(phrase, *box_to_pixels(rel, width, height), *rel))
     caption_parts.append(text[previous_end:])
     return ParsedGrounding(_tidy("".join(caption_parts)), tuple(boxes), tuple(problems))
+
+
+# --- CogAgent's grounded operations ----------------------------------------------------------
+
+AGENT_OPERATION = "Grounded Operation:"
+_AT_THE_BOX = re.compile(r"\s*(?:\bat\s+the\s+(?:box|point)|\bat)\s*$", re.IGNORECASE)
+
+
+def parse_grounded_operation(text: str, width: int, height: int) -> ParsedGrounding:
+    """Parse a CogAgent agent answer (spec: cogagent.md "GUI-agent prompts and outputs").
+
+    ``Plan: ... Next Action: ... Grounded Operation:[combobox] Search -> TYPE: CogVLM at the box
+    [[212,498,787,564]]``. The operation is free-form text (no action grammar), so it is taken as-is
+    after its label; every ``[[...]]`` group in it is read, 4 numbers a box and 2 a point (kept as a
+    box with x0 == x1 and y0 == y1), ``;`` between several. A group's phrase is the operation text
+    before it (from the previous group), without a trailing "at the box": here
+    ``[combobox] Search -> TYPE: CogVLM``. Boxes before the label (in the plan) are not read. The
+    caption is the whole answer with every box attempt removed, tidied as ``parse_grounding`` does.
+    """
+    _check_size(width, height)
+    start = text.index(AGENT_OPERATION) + len(AGENT_OPERATION) if AGENT_OPERATION in text else 0
+    operation = text[start:]
+    boxes: list[Box] = []
+    problems: list[str] = []
+    previous_end, phrase = 0, ""
+    for number, attempt in enumerate(_find_attempts(operation), start=1):
+        segment = _AT_THE_BOX.sub("", operation[previous_end : attempt.start]).strip(" \t\n,;:")
+        phrase = segment or phrase
+        previous_end = attempt.end
+        label = f"operation group {number} {operation[attempt.start : attempt.end].strip()!r}"
+        if attempt.body is None:
+            problems.append(f"{label}: {attempt.defect}; dropped")
+            continue
+        for rel in _read_boxes_or_points(attempt.body, label, problems):
+            boxes.append(Box(phrase, *box_to_pixels(rel, width, height), *rel))
+    caption_parts, end = [], 0
+    for attempt in _find_attempts(text):
+        caption_parts += [text[end : attempt.start], " "]
+        end = attempt.end
+    caption_parts.append(text[end:])
+    return ParsedGrounding(_tidy("".join(caption_parts)), tuple(boxes), tuple(problems))
+
+
+def _read_boxes_or_points(body: str, label: str, problems: list[str]) -> list[tuple[int, int, int, int]]:
+    found = []
+    for part in body.split(";"):
+        numbers = [n.strip() for n in part.split(",")]
+        if len(numbers) == 2 and all(_INTEGER.fullmatch(n) for n in numbers):
+            x, y = (int(n) for n in numbers)
+            if max(x, y) > REL_MAX:
+                problems.append(f"{label}, point [{part.strip()}]: value above {REL_MAX}; dropped")
+                continue
+            found.append((x, y, x, y))
+        else:
+            found += _read_group(part, label, problems)
+    return found

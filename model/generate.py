@@ -2,7 +2,9 @@
 
 Cache layout per row: [bos, boi, patches | left padding, eoi, text | generated]. The first part
 (the image prefix) depends only on the image, so it is computed once per unique image and
-copied to every row that shares it (the `ground` task asks many questions per image). Position
+copied to every row that shares it (the `ground` task asks many questions per image). GLM-4V's
+prefix starts with `[gMASK]<sop><|user|>\\n` instead of bos. CogAgent's cross-attention keys and
+values are computed once per image at prefill and read in place by every row and step. Position
 ids follow each row's own tokens, starting at 0 at its bos, and padding is masked out, so a row's
 result does not depend on what it is batched with (spec: the reference gets this wrong).
 
@@ -20,7 +22,7 @@ from torch import Tensor
 
 from model.config import ROPE_PRECISIONS
 from model.model import CogVLMForCausalLM, KVCache, rope_positions, vision_expert_mask
-from model.processor import build_input_ids
+from model.processor import TEMPLATES, build_input_ids
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Batch:
     suffix_vision: Tensor  # [B, Ls] bool
     suffix_valid: Tensor  # [B, Ls] bool
     eoi_slot: Tensor  # [B] where eoi sits in the suffix
+    lead_ids: Tensor  # [n_lead] the ids before the image, the same for every row: [bos], or GLM-4V's
 
     @property
     def size(self) -> int:
@@ -93,8 +96,10 @@ class Batch:
         return out
 
 
-def layout_batch(model: CogVLMForCausalLM, text_ids: Sequence[Sequence[int]], image_of_row: Sequence[int]) -> Batch:
+def layout_batch(model: CogVLMForCausalLM, text_ids: Sequence[Sequence[int]], image_of_row: Sequence[int],
+                 lead: Sequence[int] | None = None) -> Batch:
     """Token ids of each row's text (no special tokens) and the encoded image it uses -> the cache layout.
+    `lead`: the ids before the image, shared by all rows (default [bos]; see processor.split_prompt_ids).
 
     Every encoded image 0..U-1 must be used; its first user is moved to row u, so the prefill can
     write the image prefix straight into that row and copy it to the other users.
@@ -105,11 +110,12 @@ def layout_batch(model: CogVLMForCausalLM, text_ids: Sequence[Sequence[int]], im
         raise ValueError(f"rows must use every encoded image 0..{len(unique) - 1}, got {sorted(set(image_of_row))}")
     first_users = [list(image_of_row).index(u) for u in unique]
     order = first_users + sorted(set(range(len(text_ids))) - set(first_users))
-    # the image prefix is bos, boi and the patches; eoi is routed to language (spec) and starts the suffix
-    n_prefix = cfg.num_image_tokens
+    # the image prefix is bos (the lead), boi and the patches; eoi is routed to language (spec) and starts the suffix
+    lead = [cfg.bos_token_id] if lead is None else list(lead)
+    n_prefix = len(lead) + cfg.num_image_tokens - 1
     positions, vision, suffix_ids = [], [], []
     for r in order:
-        ids, types = build_input_ids(text_ids[r], cfg)
+        ids, types = build_input_ids(text_ids[r], cfg, lead)
         types = torch.tensor(types)
         positions.append(rope_positions(types).tolist())  # spec rules on the row alone, bos at 0
         vision.append(vision_expert_mask(types).tolist())
@@ -126,6 +132,7 @@ def layout_batch(model: CogVLMForCausalLM, text_ids: Sequence[Sequence[int]], im
         suffix_vision=right_align([v[n_prefix:] for v in vision], False, torch.bool, device),
         suffix_valid=right_align([[True] * len(s) for s in suffix_ids], False, torch.bool, device),
         eoi_slot=(width - lengths).to(device),
+        lead_ids=torch.tensor(lead, device=device),
     )
 
 
@@ -197,13 +204,17 @@ def attention_mask(valid: Tensor, start: int, length: int) -> Tensor:
 
 
 @torch.no_grad()
-def prefill(model: CogVLMForCausalLM, features: Tensor, batch: "Batch | PaddedBatch", cache: KVCache, valid: Tensor) -> Tensor:
-    """features [U, image tokens, H] -> next-token logits [B, V] in laid-out row order; fills the cache."""
+def prefill(model: CogVLMForCausalLM, features: Tensor, batch: "Batch | PaddedBatch", cache: KVCache, valid: Tensor,
+            cross: Tensor | None = None) -> Tensor:
+    """features [U, image tokens, H] -> next-token logits [B, V] in laid-out row order; fills the cache.
+    cross: CogAgent's high-res features [U, P, W]; their keys/values go into the cache once."""
     if isinstance(batch, PaddedBatch):
         return prefill_padded(model, features, batch, cache, valid)
     u, b, n = features.shape[0], batch.size, batch.prefix_len
-    bos = model.embed(torch.full((u, 1), model.config.bos_token_id, device=features.device))
-    prefix = torch.cat([bos, features[:, :-1].to(bos.dtype)], dim=1)  # [U, n_prefix, H]
+    if cross is not None:
+        cache.cross = model.cross_key_values(cross, batch.image_of_row)
+    lead = model.embed(batch.lead_ids.expand(u, -1))  # [U, n_lead, H]
+    prefix = torch.cat([lead, features[:, :-1].to(lead.dtype)], dim=1)  # [U, n_prefix, H]
     model(prefix, batch.prefix_positions.expand(u, -1), batch.prefix_vision.expand(u, -1), None, cache.first_rows(u), 0)
     if b > u:  # rows sharing an image copy its prefix keys/values
         cache.copy_slots_(torch.arange(u, b, device=features.device), batch.image_of_row[u:], n)
@@ -250,11 +261,12 @@ def pick_tokens(logits: Tensor, settings: GenerationSettings, generator: torch.G
 
 
 @torch.no_grad()
-def generate_rows(model, features: Tensor, batch: Batch, settings: GenerationSettings) -> list[RowResult]:
+def generate_rows(model, features: Tensor, batch: Batch, settings: GenerationSettings,
+                  cross: Tensor | None = None) -> list[RowResult]:
     """Greedy or sampled decoding of every row until a stop token or max_new_tokens."""
-    stop = set(model.config.eos_token_ids)  # spec: v2 stops at either of its two eos ids
+    stop = set(model.config.eos_token_ids)  # spec: v2 stops at either of its two eos ids (GLM-4V: three)
     cache, valid = start_cache(model, batch, settings.max_new_tokens)
-    logits = prefill(model, features, batch, cache, valid)
+    logits = prefill(model, features, batch, cache, valid, cross)
     positions = batch.suffix_positions[:, -1] + 1
     generator = None
     if settings.temperature > 0:
@@ -279,7 +291,8 @@ def generate_rows(model, features: Tensor, batch: Batch, settings: GenerationSet
 
 
 @torch.no_grad()
-def beam_search(model, features: Tensor, batch: Batch, num_beams: int, max_new_tokens: int) -> list[RowResult]:
+def beam_search(model, features: Tensor, batch: Batch, num_beams: int, max_new_tokens: int,
+                cross: Tensor | None = None) -> list[RowResult]:
     """Per-row beam search; a row is done once it has num_beams finished hypotheses.
 
     Scores are summed log-probabilities divided by the generated length (stop token included).
@@ -287,7 +300,7 @@ def beam_search(model, features: Tensor, batch: Batch, num_beams: int, max_new_t
     stop = set(model.config.eos_token_ids)
     k, b = num_beams, batch.size
     cache, valid = start_cache(model, batch, max_new_tokens)
-    logits = prefill(model, features, batch, cache, valid)
+    logits = prefill(model, features, batch, cache, valid, cross)
     beam_rows = torch.arange(b, device=logits.device).repeat_interleave(k)  # beams of a row are adjacent
     cache.reorder_(beam_rows)
     valid, logits = valid[beam_rows], logits[beam_rows]
@@ -337,14 +350,16 @@ def beam_search(model, features: Tensor, batch: Batch, num_beams: int, max_new_t
 
 
 @torch.no_grad()
-def full_logits(model, features: Tensor, image_index: Sequence[int], token_rows: Sequence[Sequence[int]]) -> Tensor:
+def full_logits(model, features: Tensor, image_index: Sequence[int], token_rows: Sequence[Sequence[int]],
+                lead: Sequence[int] | None = None, cross: Tensor | None = None) -> Tensor:
     """Next-token logits [B, V] after each row's whole sequence, recomputed in one pass.
 
     The spec's layout in its plainest form (left-padded [bos, image, text], no prefix sharing,
     a fresh cache): the oracle for tests and the naive baseline in benchmarks/model.py.
     """
     cfg, device = model.config, model.lm_head.weight.device
-    rows = [build_input_ids(t, cfg) for t in token_rows]
+    lead = [cfg.bos_token_id] if lead is None else list(lead)
+    rows = [build_input_ids(t, cfg, lead) for t in token_rows]
     ids = right_align([r[0] for r in rows], cfg.pad_token_id, torch.long, device)
     types = [torch.tensor(r[1]) for r in rows]
     positions = right_align([rope_positions(t).tolist() for t in types], 0, torch.long, device)
@@ -353,9 +368,11 @@ def full_logits(model, features: Tensor, image_index: Sequence[int], token_rows:
     x = model.embed(ids)
     n, width = cfg.num_image_tokens, ids.shape[1]
     for i, (row_ids, _) in enumerate(rows):
-        first = width - len(row_ids) + 1  # image slots follow bos
+        first = width - len(row_ids) + len(lead)  # image slots follow bos (the lead)
         x[i, first : first + n] = features[image_index[i]].to(x.dtype)
     cache = KVCache.allocate(cfg, len(rows), width, device, x.dtype)
+    if cross is not None:
+        cache.cross = model.cross_key_values(cross, torch.as_tensor(list(image_index), device=device))
     h = model(x, positions, vision, attention_mask(valid, 0, width), cache, 0)
     return model.logits(h[:, -1])
 
@@ -364,12 +381,12 @@ def full_logits(model, features: Tensor, image_index: Sequence[int], token_rows:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate text for one image with a CogVLM / CogVLM2 checkpoint.")
+    parser = argparse.ArgumentParser(description="Generate text for one image with a CogVLM-family checkpoint.")
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
     parser.add_argument("--tokenizer", help="tokenizer directory (CogVLM v1 needs Vicuna-7B v1.5's)")
     parser.add_argument("--image", required=True, help="image file")
     parser.add_argument("--prompt", required=True, help="the query; wrapped in the template")
-    parser.add_argument("--template", choices=["base", "chat", "vqa"], help="default: the checkpoint's")
+    parser.add_argument("--template", choices=[*TEMPLATES, "chat_old"], help="default: the checkpoint's (chat_old: CogAgent)")
     parser.add_argument("--max-new-tokens", type=int, default=GenerationSettings.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -393,7 +410,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as e:
         parser.error(str(e))
     pixels = vem.processor.preprocess(image)[None]
-    prompt = vem.build_prompt(args.prompt, args.template)
+    try:
+        prompt = vem.build_prompt(args.prompt, args.template)
+    except ValueError as e:  # a template this checkpoint does not have
+        parser.error(str(e))
     [out] = vem.generate(pixels, [prompt], settings=settings)
     print(f"# {vem.describe()} | {prompt!r} | {out.finish_reason}, {len(out.token_ids)} tokens")
     print(out.text)

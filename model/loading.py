@@ -1,4 +1,4 @@
-"""Load a checkpoint directory (config.json + weights) into CogVLMForCausalLM, strictly.
+"""Load a checkpoint directory (config.json + weights) into its variant's module, strictly.
 
 The model is built on the meta device and every tensor goes straight from the file to its target
 device and dtype, so a bf16 load never holds an fp32 copy of the model. Any missing, unexpected
@@ -14,9 +14,10 @@ from typing import Callable
 
 import torch
 from safetensors import safe_open
+from torch import nn
 
+from model.architectures import build_model
 from model.config import CheckpointError, ModelConfig
-from model.model import CogVLMForCausalLM
 
 WEIGHT_LAYOUTS = (
     "model.safetensors.index.json",
@@ -24,7 +25,9 @@ WEIGHT_LAYOUTS = (
     "pytorch_model.bin.index.json",
     "pytorch_model.bin",
 )
-IGNORED_SUFFIX = ".rotary_emb.inv_freq"  # spec: some checkpoints carry it; we compute RoPE ourselves
+# spec: deterministic buffers some checkpoints carry; we compute them ourselves. CogAgent's cross tower
+# stores its 2-D RoPE tables (vit.model.rope.freqs_*), GLM-4V its transformer.rotary_pos_emb.inv_freq
+IGNORED_SUFFIX = (".rotary_emb.inv_freq", ".rope.freqs_cos", ".rope.freqs_sin", "rotary_pos_emb.inv_freq")
 LISTED_KEYS = 10  # names shown per kind of mismatch
 
 
@@ -108,7 +111,7 @@ def check_checkpoint_dir(model_dir: str | Path) -> ModelConfig:
     return cfg
 
 
-def load_model(model_dir: str | Path, device=None, dtype=None, rope_precision: str = "official") -> CogVLMForCausalLM:
+def load_model(model_dir: str | Path, device=None, dtype=None, rope_precision: str = "official") -> nn.Module:
     """rope_precision: how the RoPE tables are built, one of ROPE_PRECISIONS (CogVLMForCausalLM.init_rope)."""
     device, dtype = default_device_and_dtype(device, dtype)
     with ExitStack() as stack:
@@ -123,7 +126,7 @@ def open_checked(model_dir: Path, stack: ExitStack):
     """-> (config, the model on the meta device, name -> (shape, read)) once the layout matches."""
     cfg = ModelConfig.from_json(model_dir)
     with torch.device("meta"):
-        model = CogVLMForCausalLM(cfg)
+        model = build_model(cfg)
     expected = {k: tuple(t.shape) for k, t in model.state_dict().items()}
     found = index_tensors(weight_files(model_dir), stack)
     check_layout(expected, {k: shape for k, (shape, _) in found.items()}, f"{cfg.variant} checkpoint {model_dir}")

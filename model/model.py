@@ -1,7 +1,8 @@
-"""The CogVLM / CogVLM2 visual-expert model in one file.
+"""The CogVLM / CogVLM2 / CogAgent visual-expert model in one file.
 
 Facts follow shared/spec/visual-expert-checkpoints.md ("spec" in comments) and, for the video
-variant, shared/spec/cogvlm2-video.md ("spec (cogvlm2-video)"). Module and
+variant, shared/spec/cogvlm2-video.md ("spec (cogvlm2-video)"); CogAgent's cross tower and
+cross-attention are in model/cogagent.py, GLM-4V's language model in model/glm.py. Module and
 parameter names mirror the released checkpoints, so `state_dict()` keys are the released keys
 and loading is a strict name match.
 
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import COGVLM2, ROPE_PRECISIONS, ModelConfig, VisionConfig
+from model.cogagent import CrossAttention, CrossKV, CrossVisionTower
+from model.config import COGAGENT, COGVLM2, GLM4V, ROPE_PRECISIONS, ModelConfig, VisionConfig
 
 LANGUAGE, VISION = 0, 1  # token types
 
@@ -54,6 +56,7 @@ class KVCache:
 
     k: Tensor  # [layers, B, Hkv, T, D]
     v: Tensor
+    cross: CrossKV | None = None  # CogAgent: cross-attention keys/values, once per image
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, batch: int, length: int, device, dtype) -> "KVCache":
@@ -62,7 +65,8 @@ class KVCache:
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def first_rows(self, n: int) -> "KVCache":  # a view: writes land in this cache
-        return KVCache(self.k[:, :n], self.v[:, :n])
+        cross = self.cross.for_rows(self.cross.image_of_row[:n]) if self.cross is not None else None
+        return KVCache(self.k[:, :n], self.v[:, :n], cross)
 
     def copy_slots_(self, dst_rows: Tensor, src_rows: Tensor, upto: int) -> None:
         self.k[:, dst_rows, :, :upto] = self.k[:, src_rows, :, :upto]
@@ -71,6 +75,8 @@ class KVCache:
     def reorder_(self, rows: Tensor) -> None:  # beam search: row i continues from row rows[i]
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+        if self.cross is not None:  # the images stay put; only which row reads which changes
+            self.cross = self.cross.for_rows(self.cross.image_of_row[rows])
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write [B, Hkv, L, D] at slots start..start+L; return all keys/values up to there."""
@@ -150,10 +156,10 @@ class VisionTransformer(nn.Module):
 class GLU(nn.Module):
     """The adapter from vision features to language hidden size."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, in_features: int):
         super().__init__()
         h, i = cfg.hidden_size, cfg.intermediate_size
-        self.linear_proj = nn.Linear(cfg.vision.hidden_size, h, bias=False)
+        self.linear_proj = nn.Linear(in_features, h, bias=False)
         self.norm1 = nn.LayerNorm(h, eps=1e-5)  # spec: adapter LayerNorm eps 1e-5
         self.gate_proj = nn.Linear(h, i, bias=False)
         self.dense_h_to_4h = nn.Linear(h, i, bias=False)
@@ -170,20 +176,30 @@ class VisionTower(nn.Module):
         v = cfg.vision
         self.patch_embedding = PatchEmbedding(v)
         self.transformer = VisionTransformer(v)
-        self.linear_proj = GLU(cfg)
-        self.conv = nn.Conv2d(v.hidden_size, v.hidden_size, kernel_size=2, stride=2) if cfg.downsample else None
+        # spec (glm-4v.md): GLM-4V's conv maps into the language width and its GLU reads that (CogVLM2: Hv -> Hv)
+        conv_out = cfg.hidden_size if cfg.variant == GLM4V else v.hidden_size
+        self.linear_proj = GLU(cfg, conv_out if cfg.downsample else v.hidden_size)
+        self.conv = nn.Conv2d(v.hidden_size, conv_out, kernel_size=2, stride=2) if cfg.downsample else None
+        # spec (cogagent.md): CogAgent adds a second position table to the patch outputs, before the GLU
+        self.pos_embed = nn.Parameter(torch.empty(v.grid * v.grid, v.hidden_size)) if cfg.variant == COGAGENT else None
         self.boi = nn.Parameter(torch.empty(1, 1, cfg.hidden_size))
         self.eoi = nn.Parameter(torch.empty(1, 1, cfg.hidden_size))
         self.grid = v.grid
+        self.scaling = cfg.vision_scaling
 
     def forward(self, images: Tensor) -> Tensor:  # [N, 3, S, S] -> [N, image tokens, H]
         x = self.transformer(self.patch_embedding(images))[:, 1:]  # spec: drop cls -> [N, P, Hv]
-        if self.conv is not None:  # v2: [N, Hv, g, g] -> [N, Hv, g/2, g/2] -> [N, P/4, Hv]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        if self.conv is not None:  # v2: [N, Hv, g, g] -> [N, Hv, g/2, g/2] -> [N, P/4, Hv] (GLM-4V: H out)
             grid = x.transpose(1, 2).unflatten(2, (self.grid, self.grid))
             x = self.conv(grid).flatten(2).transpose(1, 2)
         x = self.linear_proj(x)
         n = x.shape[0]
-        return torch.cat([self.boi.expand(n, -1, -1), x, self.eoi.expand(n, -1, -1)], dim=1)
+        x = torch.cat([self.boi.expand(n, -1, -1), x, self.eoi.expand(n, -1, -1)], dim=1)
+        if self.scaling != 1.0:  # spec (glm-4v.md): boi, patches and eoi divided by scaling_factor
+            x = x / self.scaling
+        return x
 
 
 # ----------------------------------------------------------------------------- language model
@@ -298,9 +314,16 @@ class DecoderLayer(nn.Module):
         self.self_attn = VisionExpertAttention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = VisionExpertMLP(cfg)
+        cross = cfg.variant == COGAGENT
+        self.post_cross_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps) if cross else None
+        self.cross_attn = CrossAttention(cfg) if cross else None
 
     def forward(self, h, cos, sin, vision, mask, cache, layer, start) -> Tensor:
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, vision, mask, cache, layer, start)
+        # spec (cogagent.md): the cross-attention sits between self-attention and the MLP; every position
+        # queries it. A row without an image (no cross keys/values) skips it: our extension.
+        if self.cross_attn is not None and cache.cross is not None:
+            h = h + self.cross_attn(self.post_cross_attention_layernorm(h), cache.cross, layer)
         return h + self.mlp(self.post_attention_layernorm(h), vision)
 
 
@@ -313,6 +336,7 @@ class LanguageModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.vision = VisionTower(cfg)
+        self.cross_vision = CrossVisionTower(cfg.cross_vision) if cfg.cross_vision is not None else None
 
 
 class CogVLMForCausalLM(nn.Module):
@@ -359,6 +383,23 @@ class CogVLMForCausalLM(nn.Module):
         # each video's features are flattened frame-major
         features = self.encode_images(torch.cat(frames))  # [sum T, 66, H]
         return [f.flatten(0, 1) for f in features.split([len(f) for f in frames])]
+
+    @property
+    def vision_tower(self) -> VisionTower:
+        return self.model.vision
+
+    def encode_cross_images(self, pixel_values: Tensor) -> Tensor:  # CogAgent: [N, 3, Sx, Sx] -> [N, P, W]
+        return self.model.cross_vision(pixel_values.to(self.lm_head.weight.dtype))
+
+    def cross_key_values(self, encoded: Tensor, image_of_row: Tensor) -> CrossKV:
+        """CogAgent: every layer's cross keys/values of encoded [U, P, W], computed once for all rows and steps."""
+        layers = self.model.layers
+        u, p, _ = encoded.shape
+        shape = (len(layers), u, self.config.num_attention_heads, p, self.config.cross_compute_hidden_size // self.config.num_attention_heads)
+        k, v = encoded.new_empty(shape), encoded.new_empty(shape)  # filled layer by layer: no stacked copy
+        for i, layer in enumerate(layers):
+            k[i], v[i] = layer.cross_attn.key_values(encoded)
+        return CrossKV(k, v, image_of_row)
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.model.embed_tokens(ids)

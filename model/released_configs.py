@@ -68,6 +68,59 @@ RELEASED_CONFIGS: dict[str, dict] = {
 }
 RELEASED_CONFIGS["cogvlm2-llama3-chinese-chat-19B"] = RELEASED_CONFIGS["cogvlm2-llama3-chat-19B"]
 
+# spec (cogagent.md): CogVLM v1's fields at 224 px plus the three cross_* keys
+_COGAGENT_CHAT = {
+    **_COGVLM_CHAT,
+    "architectures": ["CogAgentForCausalLM"],
+    "cross_compute_hidden_size": 1024,
+    "cross_hidden_size": 1024,
+    "cross_image_size": 1120,
+    "template_version": "chat",
+    "transformers_version": "4.36.0.dev0",
+    "vision_config": _vision(224),
+}
+RELEASED_CONFIGS["cogagent-chat-hf"] = _COGAGENT_CHAT
+# spec: cogagent-vqa-hf's template_version is not confirmed (THUDM's training README pairs it with
+# chat_old); a real file's value wins, this copy is only for layout checks and benchmarks
+RELEASED_CONFIGS["cogagent-vqa-hf"] = {**_COGAGENT_CHAT, "template_version": "chat_old"}
+
+# spec (glm-4v.md): the config.json table, ChatGLM field names
+RELEASED_CONFIGS["glm-4v-9b"] = {
+    "architectures": ["ChatGLMModel"],
+    "model_type": "chatglm",
+    "add_bias_linear": False,
+    "add_qkv_bias": True,
+    "apply_query_key_layer_scaling": True,
+    "apply_residual_connection_post_layernorm": False,
+    "attention_dropout": 0.0,
+    "attention_softmax_in_fp32": True,
+    "attn_implementation": "sdpa",
+    "bias_dropout_fusion": True,
+    "boi_token_id": 151339,
+    "eoi_token_id": 151340,
+    "eos_token_id": [151329, 151336, 151338],
+    "ffn_hidden_size": 13696,
+    "fp32_residual_connection": False,
+    "hidden_dropout": 0.0,
+    "hidden_size": 4096,
+    "kv_channels": 128,
+    "layernorm_epsilon": 1.5625e-07,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "num_attention_heads": 32,
+    "num_layers": 40,
+    "original_rope": True,
+    "pad_token_id": 151329,
+    "padded_vocab_size": 151552,
+    "post_layer_norm": True,
+    "rmsnorm": True,
+    "seq_length": 8192,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "vision_config": {**_vision(1120), "scaling_factor": 8},
+}
+
 # spec (cogvlm2-video): cogvlm2-llama3-caption's config.json (confirmed); the chat and base
 # checkpoints are taken to be the same but for template_version. Apart from RELEASED_CONFIGS,
 # which holds the visual-expert (image) checkpoints.

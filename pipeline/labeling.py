@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from filters.findings import Finding
 from filters.image import decode_image, probe_image
-from model.boxes import parse_boxes_for_phrase, parse_grounding
+from model.boxes import AGENT_OPERATION, parse_boxes_for_phrase, parse_grounded_operation, parse_grounding
 from pipeline import schema
 from pipeline.isolation import row_failure, run_split_on_failure
 from pipeline.schema import Rejection
@@ -87,10 +87,13 @@ def prepare_for_model(table: pa.Table, model_dir: str, spec: TaskSpec, previews_
 
     A plain function, so Ray runs it as tasks: nothing holds a CPU between batches.
     """
-    from model.processor import ImageProcessor, apply_template, read_template_version
+    from functools import partial
+
+    from model.processor import ImageProcessor, apply_template, read_template_version, read_variant
 
     processor = ImageProcessor.from_model_dir(model_dir)  # reads config.json only
     template = spec.template or read_template_version(model_dir)
+    apply_template = partial(apply_template, variant=read_variant(model_dir))  # each variant has its own templates
     started = time.perf_counter()
     rows = table.to_pylist()
     pixels, prompts, phrases, thumbs = [], [], [], []
@@ -191,8 +194,8 @@ class LabelModel:
         return self._with_label_columns(table, rows, labels, seconds)
 
     def _label(self, rows: list[dict]) -> list[RowLabel]:
-        size = self.model.processor.image_size
-        pixels = np.stack([np.frombuffer(r[schema.PIXEL_VALUES], np.uint8).reshape(3, size, size) for r in rows])
+        shape = self.model.processor.pixel_shape
+        pixels = np.stack([np.frombuffer(r[schema.PIXEL_VALUES], np.uint8).reshape(shape) for r in rows])
         prompts, image_index = [], []
         for i, row in enumerate(rows):
             for prompt in row[schema.PROMPTS]:
@@ -221,7 +224,9 @@ class LabelModel:
             raw = json.dumps(dict(zip(row[schema.PHRASES], texts)), ensure_ascii=False)
             return RowLabel(text=raw, caption=None, boxes=boxes)
         (text,) = texts
-        parsed = parse_grounding(text, width, height)
+        # CogAgent's agent answers end in a grounded operation, whose boxes belong to the operation
+        parse = parse_grounded_operation if AGENT_OPERATION in text else parse_grounding
+        parsed = parse(text, width, height)
         return RowLabel(text=text, caption=parsed.caption, boxes=box_dicts(parsed))
 
     @staticmethod

@@ -34,7 +34,7 @@ def local_ray():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {v: str(write_tiny_checkpoint(root / v, variant=v)) for v in ("cogvlm", "cogvlm2")}
+    return {v: str(write_tiny_checkpoint(root / v, variant=v)) for v in ("cogvlm", "cogvlm2", "cogagent", "glm4v")}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,9 @@ TASK_FLAGS = {
 
 
 @pytest.mark.parametrize(
-    "variant,task", [("cogvlm", t) for t in TASK_FLAGS] + [("cogvlm2", "caption"), ("cogvlm2", "ground")]
+    "variant,task",
+    [("cogvlm", t) for t in TASK_FLAGS]
+    + [("cogvlm2", "caption"), ("cogvlm2", "ground"), ("cogagent", "ground"), ("glm4v", "vqa")],
 )
 def test_every_task_labels_good_rows_and_records_bad_ones(tmp_path, models, url_list, variant, task):
     inputs, paths = url_list
@@ -156,6 +158,7 @@ def test_job_level_mistakes_fail_fast(tmp_path, models, url_list, capsys):
         (["--model", models["cogvlm"], "--task", "ground"], "--phrases"),
         (["--model", models["cogvlm"], "--task", "vqa", "--prompt-col", "nope"], "nope"),
         (["--model", models["cogvlm"], "--url-col", "link"], "--url-col"),
+        (["--model", models["glm4v"], "--template", "vqa"], "--template vqa: a glm4v checkpoint has chat"),
     ]
     for flags, needle in cases:
         assert label.main(["--input", inputs, "--output", str(tmp_path / "out"), *flags]) == 2

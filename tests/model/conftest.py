@@ -1,4 +1,4 @@
-"""Tiny checkpoints of both variants, written once per session; every model test runs on both."""
+"""Tiny checkpoints of every variant, written once per session; every model test runs on each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from model.api import VisualExpertModel
 from model.tiny import write_tiny_checkpoint
 
-VARIANTS = ["cogvlm", "cogvlm2"]
+VARIANTS = ["cogvlm", "cogvlm2", "cogagent", "glm4v"]
 
 
 @pytest.fixture(scope="session", params=VARIANTS)

@@ -282,3 +282,17 @@ def test_caller_errors_raise(call):
 
 def test_box_fields_match_the_row_schema():
     assert [f.name for f in dataclasses.fields(Box)] == [f.name for f in BOX_TYPE]
+
+
+def test_grounded_operation_reads_boxes_and_points_after_its_label():
+    from model.boxes import parse_grounded_operation
+
+    text = "Plan: tap it.\nNext Action: tap.\nGrounded Operation: tap [[500,250]]; then drag [[010,020,030,040;050,060]] [[7,7,7]]"
+    parsed = parse_grounded_operation(text, 200, 100)
+    assert [(b.phrase, b.x0, b.y0, b.x1, b.y1) for b in parsed.boxes] == [
+        ("tap", 100.0, 25.0, 100.0, 25.0),  # a point: a box with no extent
+        ("then drag", 2.0, 2.0, 6.0, 4.0),
+        ("then drag", 10.0, 6.0, 10.0, 6.0),
+    ]
+    assert len(parsed.problems) == 1 and "expected 4 numbers, got 3" in parsed.problems[0]
+    assert parsed.caption == "Plan: tap it.\nNext Action: tap.\nGrounded Operation: tap; then drag"

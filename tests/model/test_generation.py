@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model.api import GenerationSettings
+from model.processor import split_prompt_ids
 from model.generate import (
     beam_search,
     decode_step,
@@ -27,15 +28,24 @@ def pixels(vem):
 
 
 def encode(vem, texts):
-    return [vem.tokenizer.encode(vem.build_prompt(t), add_special_tokens=False) for t in texts]
+    """(the ids before the image, [text ids after it per row]) of templated prompts."""
+    split = [split_prompt_ids(vem.tokenizer.encode(vem.build_prompt(t), add_special_tokens=False), vem.config) for t in texts]
+    return split[0][0], [text for _, text in split]
+
+
+def encode_images(vem, pixels):
+    """(image token features, CogAgent's high-res features or None)."""
+    low, high = vem.processor.split(torch.as_tensor(pixels))
+    return vem.model.encode_images(low), vem.model.encode_cross_images(high) if high is not None else None
 
 
 def prefill_logits(vem, pixels, texts, image_of_row):
     """Next-token logits [B, V] from the cached prefill, in the caller's row order."""
-    features = vem.model.encode_images(torch.as_tensor(pixels))
-    batch = layout_batch(vem.model, encode(vem, texts), image_of_row)
+    features, cross = encode_images(vem, pixels)
+    lead, text_ids = encode(vem, texts)
+    batch = layout_batch(vem.model, text_ids, image_of_row, lead)
     cache, valid = start_cache(vem.model, batch, 1)
-    return torch.stack(batch.restore(list(prefill(vem.model, features, batch, cache, valid))))
+    return torch.stack(batch.restore(list(prefill(vem.model, features, batch, cache, valid, cross))))
 
 
 def test_rows_are_the_same_alone_and_in_a_padded_batch(vem, pixels):
@@ -55,12 +65,12 @@ def test_rows_are_the_same_alone_and_in_a_padded_batch(vem, pixels):
 
 
 def test_prefill_matches_one_pass_over_the_spec_layout(vem, pixels):
-    features = vem.model.encode_images(torch.as_tensor(pixels))
+    features, cross = encode_images(vem, pixels)
     image_of_row = [1, 0, 1]
-    texts = encode(vem, TEXTS)
+    lead, texts = encode(vem, TEXTS)
     torch.testing.assert_close(
         prefill_logits(vem, pixels, TEXTS, image_of_row),
-        full_logits(vem.model, features, image_of_row, texts),
+        full_logits(vem.model, features, image_of_row, texts, lead, cross),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -68,17 +78,17 @@ def test_prefill_matches_one_pass_over_the_spec_layout(vem, pixels):
 
 def test_cached_decoding_equals_full_recomputation_every_step(vem, pixels):
     model = vem.model
-    features = model.encode_images(torch.as_tensor(pixels))
+    features, cross = encode_images(vem, pixels)
     image_of_row = [1, 0]  # laid out in the other order: rows line up with the reference after restore
-    texts = encode(vem, TEXTS[:2])
+    lead, texts = encode(vem, TEXTS[:2])
     steps = 6
-    batch = layout_batch(model, texts, image_of_row)
+    batch = layout_batch(model, texts, image_of_row, lead)
     cache, valid = start_cache(model, batch, steps)
-    logits = prefill(model, features, batch, cache, valid)
+    logits = prefill(model, features, batch, cache, valid, cross)
     positions = batch.suffix_positions[:, -1] + 1
     generated = [[] for _ in texts]
     for step in range(steps):
-        reference = full_logits(model, features, image_of_row, [t + g for t, g in zip(texts, generated)])
+        reference = full_logits(model, features, image_of_row, [t + g for t, g in zip(texts, generated)], lead, cross)
         torch.testing.assert_close(torch.stack(batch.restore(list(logits))), reference, rtol=1e-5, atol=1e-5)
         tokens = logits.argmax(-1)
         for row, token in zip(generated, batch.restore(tokens.tolist())):
@@ -98,15 +108,12 @@ def test_sampling_is_reproducible_with_a_seed(vem, pixels):
     assert run(3) != run(4)
 
 
-def rows_for(vem, pixels, texts, image_of_row):
-    features = vem.model.encode_images(torch.as_tensor(pixels))
-    return features, layout_batch(vem.model, encode(vem, texts), image_of_row)
-
-
 def test_one_beam_equals_greedy(vem, pixels):
-    features, batch = rows_for(vem, pixels, TEXTS, [0, 1, 0])
-    greedy = generate_rows(vem.model, features, batch, GenerationSettings(max_new_tokens=10))
-    beams = beam_search(vem.model, features, batch, num_beams=1, max_new_tokens=10)
+    features, cross = encode_images(vem, pixels)
+    lead, texts = encode(vem, TEXTS)
+    batch = layout_batch(vem.model, texts, [0, 1, 0], lead)
+    greedy = generate_rows(vem.model, features, batch, GenerationSettings(max_new_tokens=10), cross)
+    beams = beam_search(vem.model, features, batch, num_beams=1, max_new_tokens=10, cross=cross)
     assert [(r.token_ids, r.finish_reason) for r in beams] == [(r.token_ids, r.finish_reason) for r in greedy]
 
 
@@ -159,17 +166,20 @@ def test_beam_search_returns_finished_or_full_length_hypotheses(vem, pixels, mon
 
 
 def test_each_image_goes_through_the_vision_tower_once(vem, pixels, monkeypatch):
-    vision = vem.model.model.vision
+    towers = [vem.model.vision_tower]
+    if vem.config.cross_vision is not None:  # CogAgent: the high-res tower too
+        towers.append(vem.model.model.cross_vision)
     encoded = []
-    original = vision.forward
-    monkeypatch.setattr(vision, "forward", lambda images: encoded.append(images.shape[0]) or original(images))
+    for tower in towers:
+        original = tower.forward
+        monkeypatch.setattr(tower, "forward", lambda images, f=original: encoded.append(images.shape[0]) or f(images))
     prompts = [vem.build_prompt(f"Where is thing {i}?") for i in range(5)]
     outs = vem.generate(pixels, prompts, image_index=[1, 1, 1, 1, 1], settings=GenerationSettings(max_new_tokens=3))
-    assert encoded == [1]  # one call, one image: image 0 is not used at all
+    assert encoded == [1] * len(towers)  # one call, one image: image 0 is not used at all
     assert len(outs) == 5
     encoded.clear()
     vem.generate(pixels, prompts, image_index=[0, 1, 0, 1, 0], settings=GenerationSettings(max_new_tokens=3))
-    assert encoded == [2]
+    assert encoded == [2] * len(towers)
 
 
 def test_rows_sharing_an_image_match_rows_with_their_own_copy(vem, pixels):

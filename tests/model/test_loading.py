@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.api import GenerationSettings, VisualExpertModel
-from model.config import CheckpointError
+from model.config import GLM4V, CheckpointError
 from model.loading import check_checkpoint_dir, load_model
 from model.processor import load_tokenizer
 
@@ -43,8 +43,9 @@ def test_bf16_load_gives_bf16_parameters_and_runs(tiny_dir):
     for k, p in vem.model.state_dict().items():
         assert p.dtype == torch.bfloat16, k
         assert torch.equal(p, expected[k].to(torch.bfloat16)), k
-    assert vem.model.rope_cos.dtype == torch.bfloat16  # official RoPE tables: built in bf16 (test_rope.py)
-    pixels = torch.zeros(1, 3, vem.config.vision.image_size, vem.config.vision.image_size)
+    # official RoPE tables: built in bf16 (test_rope.py); GLM-4's official code builds them in fp32
+    assert vem.model.rope_cos.dtype == (torch.float32 if vem.config.variant == GLM4V else torch.bfloat16)
+    pixels = torch.zeros(1, *vem.processor.pixel_shape)
     [out] = vem.generate(pixels, [vem.build_prompt("hi")], settings=GenerationSettings(max_new_tokens=3))
     assert 0 < len(out.token_ids) <= 3 or out.finish_reason == "eos"
 
@@ -81,13 +82,14 @@ def test_missing_config_json(tiny_dir, tmp_path):
         VisualExpertModel.load(target)
 
 
-def test_broken_config_json(tiny_dir, tmp_path):
+def test_broken_config_json(tiny_dir, tmp_path, variant):
     target = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, target)
     raw = json.loads((target / "config.json").read_text())
-    del raw["hidden_size"]
+    field = "eoi_token_id" if variant == "glm4v" else "hidden_size"  # GLM-4V's config class defaults hidden_size
+    del raw[field]
     (target / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(CheckpointError, match="lacks the field 'hidden_size'"):
+    with pytest.raises(CheckpointError, match=f"lacks the field '{field}'"):
         load_model(target)
 
 
@@ -117,7 +119,7 @@ def test_fp16_is_refused(tiny_dir):
 
 def test_tokenizer_defaults_to_the_model_directory(tiny_dir):
     tokenizer = load_tokenizer(tiny_dir)
-    assert tokenizer.bos_token_id == json.loads((tiny_dir / "config.json").read_text())["bos_token_id"]
+    assert tokenizer.bos_token_id == json.loads((tiny_dir / "config.json").read_text()).get("bos_token_id")
 
 
 def test_missing_tokenizer_dir(tiny_dir, tmp_path):
@@ -145,6 +147,7 @@ def test_broken_tokenizer_dir(tiny_dir, tmp_path):
 def test_tokenizer_of_the_other_variant_is_refused(tiny_dir, variant, tmp_path):
     from model.tiny import write_tiny_checkpoint
 
-    other = write_tiny_checkpoint(tmp_path / "other", "cogvlm2" if variant == "cogvlm" else "cogvlm")
+    # CogAgent reads Vicuna's tokenizer like v1, so its mismatch is Llama-3's; GLM-4V has no bos
+    other = write_tiny_checkpoint(tmp_path / "other", "cogvlm" if variant in ("cogvlm2", "glm4v") else "cogvlm2")
     with pytest.raises(CheckpointError, match="does not fit this checkpoint"):
         VisualExpertModel.load(tiny_dir, tokenizer_dir=other)

@@ -19,9 +19,11 @@ from model.released_configs import RELEASED_CONFIGS
 from tests.images import rgb
 
 
-def test_from_model_dir_reads_only_config(tiny_dir, tmp_path):
+def test_from_model_dir_reads_only_config(tiny_dir, tmp_path, variant):
     (tmp_path / "config.json").write_text((tiny_dir / "config.json").read_text())
-    assert ImageProcessor.from_model_dir(tmp_path).image_size == 56
+    processor = ImageProcessor.from_model_dir(tmp_path)
+    assert processor.image_size == 56
+    assert processor.cross_image_size == (84 if variant == "cogagent" else None)
     with pytest.raises(CheckpointError, match="no config.json"):
         ImageProcessor.from_model_dir(tmp_path / "..")
 
@@ -70,14 +72,57 @@ def test_templates():
         apply_template("x", "grounding")
 
 
-def test_model_prompt_uses_the_config_template(vem):
-    assert vem.build_prompt("hi") == "Question: hi Answer:"
-    assert vem.build_prompt("hi", "base") == "hi"
+CHAT_PROMPTS = {
+    "cogvlm": "Question: hi Answer:",
+    "cogvlm2": "Question: hi Answer:",
+    "cogagent": " [INST] hi [/INST] ",
+    "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|endoftext|><|end_of_image|>hi<|assistant|>",
+}
 
 
-def test_text_is_encoded_without_special_tokens(vem):
+def test_model_prompt_uses_the_config_template(vem, variant):
+    assert vem.build_prompt("hi") == CHAT_PROMPTS[variant]
+    if variant != "glm4v":  # GLM-4V has its chat template only
+        assert vem.build_prompt("hi", "base") == "hi"
+    else:
+        with pytest.raises(ValueError, match="unknown template 'base' for glm4v"):
+            vem.build_prompt("hi", "base")
+
+
+def test_text_is_encoded_without_special_tokens(vem, variant):
     ids = vem.tokenizer.encode("Question: hi Answer:", add_special_tokens=False)
     assert vem.config.bos_token_id not in ids and vem.tokenizer.decode(ids) == "Question: hi Answer:"
+    assert not set(ids) & set(vem.tokenizer.all_special_ids)
+
+
+def test_cogagent_templates_keep_their_literal_markup():
+    """spec (cogagent.md "Prompts"): `<EOI>` and the spaces around [INST] are ordinary text."""
+    history = [("What is it?", "A button."), ("Colour?", "Blue.")]
+    agent = lambda q, t, h=(): apply_template(q, t, h, "cogagent")  # noqa: E731
+    assert agent("Where?", "chat") == " [INST] Where? [/INST] "
+    assert agent("Where?", "chat", history) == (
+        " [INST] What is it? [/INST] A button. [INST] Colour? [/INST] Blue. [INST] Where? [/INST] "
+    )
+    assert agent("How many?", "vqa", history) == "<EOI>Question: How many? Short answer:"
+    assert agent("Where?", "chat_old") == "<EOI>Question: Where? Answer:"
+    assert agent("Where?", "chat_old", history) == (
+        "<EOI>Question: What is it? Answer: A button.\nQuestion: Colour? Answer: Blue.\nQuestion: Where? Answer:"
+    )
+    assert agent("Where?", "base", history) == "Where?"
+    with pytest.raises(ValueError, match="unknown template"):
+        apply_template("x", "chat_old")  # CogVLM has no chat_old
+
+
+def test_cogagent_processor_resizes_both_resolutions_from_the_original():
+    processor = ImageProcessor(28, 42)
+    image = rgb(90, 60)
+    packed = processor.preprocess(image)
+    assert packed.shape == processor.pixel_shape == (3, 28 * 28 + 42 * 42)
+    low, high = processor.split(packed[None])
+    for size, part in ((28, low[0]), (42, high[0])):  # spec: each resized directly, never one from the other
+        direct = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+        np.testing.assert_allclose(part, ((direct - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(processor.normalize(processor.resize(image)), packed)
 
 
 def test_vicuna_style_sentencepiece_tokenizer_dir_loads(tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from model.generate import layout_batch
 from model.model import grouped_attention, rope_positions, vision_expert_mask
-from model.processor import build_input_ids
+from model.processor import build_input_ids, split_prompt_ids
 
 # bos, boi, 3 patches, eoi, 2 text tokens
 TYPES = torch.tensor([0, 1, 1, 1, 1, 1, 0, 0])
@@ -29,30 +29,44 @@ def test_rules_apply_row_by_row_in_a_batch():
     assert rope_positions(rows).tolist() == [[0, 1, 2, 2, 2, 3, 4, 5], [0, 1, 2, 2, 3, 4, 5, 6]]
 
 
-def test_input_ids_layout(vem):
+def prompt_lead(vem) -> list[int]:
+    """The ids before the image in this checkpoint's prompts: [bos], or GLM-4V's [gMASK]<sop><|user|>\\n."""
+    return split_prompt_ids(vem.tokenizer.encode(vem.build_prompt("x"), add_special_tokens=False), vem.config)[0]
+
+
+def test_input_ids_layout(vem, variant):
     cfg = vem.config
-    ids, types = build_input_ids([7, 8], cfg)
+    lead = prompt_lead(vem)
+    if variant == "glm4v":  # spec (glm-4v.md): [gMASK] <sop> <|user|> "\n", then the image placeholder
+        special = vem.tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>", "<|user|>"])
+        assert lead == special + vem.tokenizer.encode("\n", add_special_tokens=False)
+    else:
+        assert lead == [cfg.bos_token_id]
+    ids, types = build_input_ids([7, 8], cfg, lead)
     n = cfg.num_image_tokens
-    assert ids == [cfg.bos_token_id] + [cfg.pad_token_id] * n + [7, 8]
-    assert types == [0] + [1] * n + [0, 0]
+    assert ids == lead + [cfg.pad_token_id] * n + [7, 8]
+    assert types == [0] * len(lead) + [1] * n + [0, 0]
 
 
 def test_left_padded_row_keeps_its_own_positions_and_routing(vem):
     cfg = vem.config
     n = cfg.num_image_tokens
+    lead = prompt_lead(vem)
+    k = len(lead)  # CogVLM: bos at 0; GLM-4V: [gMASK] 0, <sop> 1, <|user|> 2, "\n" 3
     short, long = [5], [5, 6, 7, 8]
-    batch = layout_batch(vem.model, [short, long], [0, 0])
-    # the image prefix (bos, boi, patches) is shared: bos 0, boi 1, patches 2; boi and patches use vision
-    assert batch.prefix_positions.tolist() == [0, 1] + [2] * (n - 2)
-    assert batch.prefix_vision.tolist() == [False] + [True] * (n - 1)
-    # suffix: eoi 3 then text from 4, language experts; the short row is left-padded with position 0
-    assert batch.suffix_positions.tolist() == [[0, 0, 0, 3, 4], [3, 4, 5, 6, 7]]
+    batch = layout_batch(vem.model, [short, long], [0, 0], lead)
+    # the image prefix (lead, boi, patches) is shared: boi k, patches k+1; boi and patches use vision
+    assert batch.prefix_positions.tolist() == list(range(k)) + [k] + [k + 1] * (n - 2)
+    assert batch.prefix_vision.tolist() == [False] * k + [True] * (n - 1)
+    # suffix: eoi k+2 then text from k+3, language experts; the short row is left-padded with position 0
+    e = k + 2
+    assert batch.suffix_positions.tolist() == [[0, 0, 0, e, e + 1], [e, e + 1, e + 2, e + 3, e + 4]]
     assert batch.suffix_valid.tolist() == [[False, False, False, True, True], [True] * 5]
     assert not batch.suffix_vision.any()
     assert batch.eoi_slot.tolist() == [3, 0]
     # identical to the row laid out alone
-    alone = layout_batch(vem.model, [short], [0])
-    assert alone.suffix_positions.tolist() == [[3, 4]]
+    alone = layout_batch(vem.model, [short], [0], lead)
+    assert alone.suffix_positions.tolist() == [[e, e + 1]]
 
 
 def naive_attention(q, k, v, allowed):

@@ -28,12 +28,20 @@ def test_tiny_command_line(tmp_path, variant, capsys):
     assert str(tmp_path / "out") in capsys.readouterr().out
 
 
-def test_generate_command_line(tiny_dir, tmp_path, capsys):
+PROMPTS = {
+    "cogvlm": "Question: What is it? Answer:",
+    "cogvlm2": "Question: What is it? Answer:",
+    "cogagent": " [INST] What is it? [/INST] ",
+    "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_image|><|endoftext|><|end_of_image|>What is it?<|assistant|>",
+}
+
+
+def test_generate_command_line(tiny_dir, tmp_path, capsys, variant):
     image = tmp_path / "image.png"
     image.write_bytes(png(40, 30))
     generate.main(["--model", str(tiny_dir), "--image", str(image), "--prompt", "What is it?", "--max-new-tokens", "4"])
     header = capsys.readouterr().out.splitlines()[0]
-    assert header.startswith(f"# {tiny_dir.name}@") and "'Question: What is it? Answer:'" in header
+    assert header.startswith(f"# {tiny_dir.name}@") and repr(PROMPTS[variant]) in header
 
 
 def test_generate_help(capsys):

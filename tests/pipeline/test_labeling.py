@@ -75,7 +75,9 @@ class StubModel:
     def __init__(self, answers):
         self.answers = answers
         self.calls = []
-        self.processor = type("P", (), {"image_size": 2, "normalize": staticmethod(lambda x: x.astype(np.float32))})()
+        self.processor = type(
+            "P", (), {"image_size": 2, "pixel_shape": (3, 2, 2), "normalize": staticmethod(lambda x: x.astype(np.float32))}
+        )()
 
     def generate(self, pixels, prompts, image_index, settings):
         self.calls.append((len(pixels), list(image_index)))
@@ -118,6 +120,19 @@ def test_grounded_caption_becomes_caption_and_pixel_boxes():
         ("sofa", 0.0, 50.0, 999),
     ]
     assert schema.PIXEL_VALUES not in out and schema.PROMPTS not in out
+
+
+def test_cogagent_grounded_operation_boxes_belong_to_the_operation():
+    answer = (
+        "Plan: 1. Type 'CogVLM' into the search bar [[100,100,200,200]]. 2. Press enter.\n"
+        "Next Action: Move the cursor to the search bar, and type 'CogVLM' into it.\n"
+        "Grounded Operation:[combobox] Search -> TYPE: CogVLM at the box [[212,498,787,564]]"
+    )
+    out = stage("caption", {"q": answer})(rows_table([["q"]])).to_pylist()[0]
+    assert [(b["phrase"], b["x0_rel"], b["y1_rel"], b["x0"]) for b in out[schema.BOXES]] == [
+        ("[combobox] Search -> TYPE: CogVLM", 212, 564, pytest.approx(42.4)),  # only the operation's box
+    ]
+    assert out[schema.LABEL_CAPTION].endswith("TYPE: CogVLM at the box") and "[[" not in out[schema.LABEL_CAPTION]
 
 
 def test_ground_encodes_each_image_once_and_gives_one_box_entry_per_phrase_found():
