@@ -21,6 +21,8 @@ class Problem(enum.Enum):
     CAPTION_TOO_SHORT = enum.auto()
     CAPTION_TOO_LONG = enum.auto()
     DUPLICATE = enum.auto()
+    TOO_SHORT = enum.auto()  # a video below --min-duration
+    TOO_LONG = enum.auto()  # a video above --max-duration
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,8 @@ PROBLEM_REASON = {
     Problem.CAPTION_TOO_SHORT: Reason.CAPTION_TOO_SHORT,
     Problem.CAPTION_TOO_LONG: Reason.CAPTION_TOO_LONG,
     Problem.DUPLICATE: Reason.DUPLICATE,
+    Problem.TOO_SHORT: Reason.TOO_SHORT,
+    Problem.TOO_LONG: Reason.TOO_LONG,
 }
 
 

@@ -24,13 +24,6 @@ from pipeline.video_strip import frame_strip, strip_positions, tile
 
 log = logging.getLogger(__name__)
 
-_REASON_OF_ISSUE = {
-    video_filters.TOO_SHORT: schema.Reason.TOO_SHORT,
-    video_filters.TOO_LONG: schema.Reason.TOO_LONG,
-    video_filters.TOO_SMALL: schema.Reason.TOO_SMALL,
-    video_filters.TOO_MANY_PIXELS: schema.Reason.TOO_MANY_PIXELS,
-}
-
 
 @dataclass(frozen=True)
 class VideoLimits:
@@ -54,10 +47,6 @@ class DecodedVideo:
     height: int
     codec: str
     strip: bytes | None  # JPEG of a few of the frames used, for jobs.report
-
-
-def _issue(issue: video_filters.VideoIssue | None) -> Rejection | None:
-    return None if issue is None else Rejection(_REASON_OF_ISSUE[issue.kind], issue.message)
 
 
 def _refuse_nested_open(url, flags, options):
@@ -115,7 +104,7 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         codec = stream.codec_context.name
-        rejection = _issue(video_filters.check_frame_size(width, height, limits.min_side, limits.max_frame_pixels))
+        rejection = Rejection.of(video_filters.check_frame_size(width, height, limits.min_side, limits.max_frame_pixels))
         if rejection:
             return rejection
         pts, damaged = _frame_index(container, stream)
@@ -127,7 +116,7 @@ def decode_video(data: bytes, template: str, limits: VideoLimits = VideoLimits()
             timestamps = [float((p - pts[0]) * stream.time_base) for p in pts]
             fps = average_fps(stream, timestamps)
             duration = timestamps[-1] + (1.0 / fps if fps > 0 else 0.0)
-            rejection = _issue(video_filters.check_duration(duration, limits.min_duration, limits.max_duration))
+            rejection = Rejection.of(video_filters.check_duration(duration, limits.min_duration, limits.max_duration))
             if rejection:
                 return rejection
             picks = sample_frames(template, timestamps, fps)
