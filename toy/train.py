@@ -39,7 +39,7 @@ TASK_SHARES = {"grounded_caption": 0.35, "ground": 0.35, "caption": 0.15, "vqa":
 CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
 COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
 ARTICLES = ("the ", "the ", "the ", "a ", "")
-RENDER_LONG_SIDE = 336  # scenes are drawn this large at most before the model's resize: same look, less work
+RENDER_LONG_SIDE = 224  # scenes are drawn this large at most before the model's resize: same look, less work
 
 
 def toy_config(args) -> dict:
@@ -200,10 +200,11 @@ def write_checkpoint(model: CogVLMForCausalLM, raw_config: dict, out: Path, meta
 
 
 def lr_at(step: int, args) -> float:
+    """Linear warmup, then inverse square root: it does not depend on --steps, so the checkpoint
+    of step N is the same whichever --steps a run was given (a long run can be cut short)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return args.lr * math.sqrt(args.warmup / step)
 
 
 def parse_args(argv=None):
@@ -219,7 +220,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for matmuls (fp32 master weights)")
     p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--eval-scenes", type=int, default=40)
+    p.add_argument("--eval-scenes", type=int, default=24)
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--vision-hidden", type=int, default=96)
     p.add_argument("--vision-layers", type=int, default=4)
