@@ -217,7 +217,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine wastes less on spinning threads)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for matmuls (fp32 master weights)")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-scenes", type=int, default=24)
