@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 demo: setup
 	rm -rf out/demo-labels
 	$(PY) -m jobs.label --input examples/demo.csv --allow-local-files --output out/demo-labels \
-		--model examples/toy-cogvlm --task grounded_caption
+		--model examples/toy-cogvlm --task grounded_caption --previews-per-shard 16
 	$(PY) -m jobs.report --labels out/demo-labels --out out/demo-report
 
 corpus-demo: setup

@@ -35,7 +35,6 @@ from model.tiny import tiny_config, write_shards, write_tokenizer
 from pipeline.labeling import CAPTION_PRESETS, GROUND_PROMPT, GROUNDED_CAPTION_PROMPT
 from toy import scenes
 
-TASK_SHARES = {"grounded_caption": 0.35, "ground": 0.35, "caption": 0.15, "vqa": 0.15}
 CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
 COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
 ARTICLES = ("the ", "the ", "the ", "a ", "")
@@ -77,6 +76,14 @@ class Example:
     answer: str
 
 
+@dataclass
+class SceneExamples:
+    """One drawn scene and the (prompt, answer) rows trained on it: every task at once."""
+
+    pixels: np.ndarray  # uint8 [3, S, S]
+    rows: list[tuple[str, str]]
+
+
 def draw_scene(rng: random.Random) -> tuple[scenes.Scene, "Image"]:
     scene = scenes.sample_scene(rng)
     factor = min(1.0, RENDER_LONG_SIDE / max(scene.width, scene.height))
@@ -93,19 +100,16 @@ def draw_scene(rng: random.Random) -> tuple[scenes.Scene, "Image"]:
     return scene, image
 
 
-def make_example(rng: random.Random, processor: ImageProcessor) -> Example:
+def make_scene_examples(rng: random.Random, processor: ImageProcessor) -> SceneExamples:
+    """A grounded caption, a ground question for every shape, and a caption or a count."""
     scene, image = draw_scene(rng)
-    pixels = processor.resize(image)
-    task = rng.choices(list(TASK_SHARES), weights=list(TASK_SHARES.values()))[0]
-    if task == "grounded_caption":
-        return Example(pixels, GROUNDED_CAPTION_PROMPT, scene.grounded_caption())
-    if task == "caption":
-        return Example(pixels, rng.choice(CAPTION_PROMPTS), scene.caption())
-    if task == "vqa":
-        return Example(pixels, rng.choice(COUNT_PROMPTS), scene.count())
-    shape = rng.choice(scene.shapes)
-    prompt = GROUND_PROMPT.format(expression=rng.choice(ARTICLES) + shape.name)
-    return Example(pixels, prompt, scene.box_text(shape))
+    rows = [(GROUNDED_CAPTION_PROMPT, scene.grounded_caption())]
+    rows += [(GROUND_PROMPT.format(expression=rng.choice(ARTICLES) + s.name), scene.box_text(s)) for s in scene.shapes]
+    if rng.random() < 0.5:
+        rows.append((rng.choice(CAPTION_PROMPTS), scene.caption()))
+    else:
+        rows.append((rng.choice(COUNT_PROMPTS), scene.count()))
+    return SceneExamples(processor.resize(image), rows)
 
 
 class NoCache:
@@ -115,29 +119,94 @@ class NoCache:
         return k, v
 
 
-def batch_loss(model: CogVLMForCausalLM, tokenizer, examples: list[Example]) -> torch.Tensor:
-    cfg = model.config
+class SharedPrefix:
+    """Keys and values of each image's prefix (bos, boi, patches), computed once and read by every
+    row of that image, as generation does (model.generate); gradients flow back through both."""
+
+    def __init__(self, image_of_row: torch.Tensor):
+        self.image_of_row = image_of_row
+        self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, layer, start, k, v):
+        if start == 0:
+            self.prefix[layer] = (k, v)
+            return k, v
+        pk, pv = self.prefix[layer]
+        return torch.cat([pk[self.image_of_row], k], dim=2), torch.cat([pv[self.image_of_row], v], dim=2)
+
+
+def encode_rows(tokenizer, cfg, rows: list[tuple[str, str]]):
+    """-> per row (input ids, token types, targets) of the whole unpadded sequence."""
     eos = cfg.eos_token_ids[0]
-    rows, targets = [], []
-    for ex in examples:
-        prompt = tokenizer.encode(ex.prompt, add_special_tokens=False)
-        answer = tokenizer.encode(ex.answer, add_special_tokens=False) + [eos]
+    out = []
+    for prompt_text, answer_text in rows:
+        prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
+        answer = tokenizer.encode(answer_text, add_special_tokens=False) + [eos]
         ids, types = build_input_ids(prompt + answer[:-1], cfg)
-        rows.append((ids, types))
         # the logit at position i predicts token i + 1: the answer starts after the last prompt token
-        targets.append([-100] * (len(ids) - len(answer)) + answer)
-    width = max(len(ids) for ids, _ in rows)
+        out.append((ids, types, [-100] * (len(ids) - len(answer)) + answer))
+    return out
+
+
+def batch_loss(model: CogVLMForCausalLM, tokenizer, examples: list[Example]) -> torch.Tensor:
+    """Plain teacher forcing, one whole sequence per row (the reference for scene_batch_loss)."""
+    cfg = model.config
+    rows = encode_rows(tokenizer, cfg, [(ex.prompt, ex.answer) for ex in examples])
+    width = max(len(ids) for ids, _, _ in rows)
     pad = lambda seq, fill: seq + [fill] * (width - len(seq))  # noqa: E731  right padding: causal attention never sees it
-    ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _ in rows])
-    types = torch.tensor([pad(t, 0) for _, t in rows])
-    labels = torch.tensor([pad(t, -100) for t in targets])
+    ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _, _ in rows])
+    types = torch.tensor([pad(t, 0) for _, t, _ in rows])
+    labels = torch.tensor([pad(t, -100) for _, _, t in rows])
     pixels = ImageProcessor.normalize(np.stack([ex.pixels for ex in examples]))
     x = model.embed(ids)
     features = model.encode_images(torch.from_numpy(pixels))
     x = torch.cat([x[:, :1], features, x[:, 1 + features.shape[1]:]], dim=1)
     h = model(x, rope_positions(types), vision_expert_mask(types), None, NoCache(), 0)
     picked = labels != -100
-    return F.cross_entropy(model.logits(h[picked]), labels[picked])
+    return F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum") / picked.sum()
+
+
+def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamples], groups: int = 2) -> torch.Tensor:
+    """The same loss as batch_loss over every row of every scene, but each image's prefix goes
+    through the vision tower and the language layers once, and rows of similar length are run
+    together (`groups` calls), so little is spent on padding."""
+    cfg = model.config
+    n = cfg.num_image_tokens  # prefix: bos, boi, patches (n - 1 slots after bos); eoi starts each row
+    pixels = ImageProcessor.normalize(np.stack([b.pixels for b in batch]))
+    features = model.encode_images(torch.from_numpy(pixels))  # [U, n, H]
+    encoded, image_of_row = [], []
+    for u, scene_rows in enumerate(batch):
+        for row in encode_rows(tokenizer, cfg, scene_rows.rows):
+            encoded.append(row)
+            image_of_row.append(u)
+    first_types = torch.tensor(encoded[0][1])
+    prefix_positions = rope_positions(first_types)[:n]
+    prefix_vision = vision_expert_mask(first_types)[:n]
+    u = len(batch)
+    bos = model.embed(torch.full((u, 1), cfg.bos_token_id))
+    order = sorted(range(len(encoded)), key=lambda r: len(encoded[r][0]))
+    total, count = 0.0, 0
+    for chunk in np.array_split(np.array(order), groups):
+        if not len(chunk):
+            continue
+        rows = [encoded[r] for r in chunk]
+        cache = SharedPrefix(torch.tensor([image_of_row[r] for r in chunk]))
+        # the prefix again for each group: its keys and values are recomputed, cheap next to the rows
+        model(torch.cat([bos, features[:, :-1]], dim=1), prefix_positions.expand(u, -1), prefix_vision.expand(u, -1), None, cache, 0)
+        width = max(len(ids) for ids, _, _ in rows) - n
+        pad = lambda seq, fill: seq[n:] + [fill] * (width - len(seq) + n)  # noqa: E731
+        ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _, _ in rows])
+        positions = torch.stack([torch.nn.functional.pad(rope_positions(torch.tensor(t))[n:], (0, width - len(t) + n)) for _, t, _ in rows])
+        labels = torch.tensor([pad(t, -100) for _, _, t in rows])
+        x = model.embed(ids)
+        x = torch.cat([features[cache.image_of_row, -1:], x[:, 1:]], dim=1)  # eoi's slot holds its feature
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = torch.cat([torch.ones(width, n, dtype=torch.bool), causal], dim=1).expand(len(rows), 1, width, n + width)
+        h = model(x, positions, None, mask, cache, n)
+        picked = labels != -100
+        total = total + F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum")
+        count += int(picked.sum())
+    return total / count
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -213,14 +282,13 @@ def parse_args(argv=None):
     p.add_argument("--work", type=Path, default=Path("out/toy-train"), help="latest weights, optimizer state, log")
     p.add_argument("--resume", action="store_true", help="continue from --work")
     p.add_argument("--steps", type=int, default=2400)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=10, help="scenes per step (about 4 rows each)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine wastes less on spinning threads)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for matmuls (fp32 master weights)")
     p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--eval-scenes", type=int, default=24)
+    p.add_argument("--eval-scenes", type=int, default=16)
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--vision-hidden", type=int, default=96)
     p.add_argument("--vision-layers", type=int, default=4)
@@ -262,9 +330,7 @@ def main(argv=None) -> None:
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        examples = [make_example(rng, processor) for _ in range(args.batch)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = batch_loss(model, tokenizer, examples)
+        loss = scene_batch_loss(model, tokenizer, [make_scene_examples(rng, processor) for _ in range(args.batch)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
