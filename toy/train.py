@@ -1,6 +1,6 @@
 """Train the toy CogVLM (v1 layout) on toy.scenes; writes a checkpoint the ordinary loader reads.
 
-    nice -n 10 python -m toy.train --out examples/toy-cogvlm --steps 2400 [--work out/toy-train]
+    nice -n 10 python -m toy.train --out examples/toy-cogvlm --steps N [--work out/toy-train]
 
 Seeded and deterministic for a given machine and thread count: scenes come from one
 random.Random(seed), weights from torch.manual_seed(seed). Every --eval-every steps it measures
@@ -10,7 +10,10 @@ the latest weights and optimizer state, so a stopped run resumes with --resume.
 
 The training step is teacher-forced cross-entropy on the answer tokens (and eos), through the
 model's own forward (model.model.CogVLMForCausalLM): the same routing, positions and layout the
-inference path uses, so what is trained is what is served.
+inference path uses, so what is trained is what is served. Each step draws --batch scenes and
+trains every task on each (grounded caption, a ground question per shape, a caption or a
+count); an image's prefix is computed once and shared by its rows through the KV interface,
+as generation shares it (tests/toy/test_train.py checks this equals whole-sequence training).
 """
 
 from __future__ import annotations
