@@ -73,6 +73,9 @@ def render_sheet(cards: list[Card], columns: int) -> Image.Image:
         if card.image is None:
             missing = NO_THUMBNAIL if not card.has_thumbnail else "thumbnail could not be decoded"
             draw.text((cell_x + PAD + 8, cell_y + PAD + 8), missing, fill=GREY, font=font(TEXT_SIZE))
+            url = card.row.get(schema.URL)
+            for i, line in enumerate(wrap_text(url, THUMB - 16, font(TEXT_SIZE).getlength, 4)):
+                draw.text((cell_x + PAD + 8, cell_y + PAD + 8 + (i + 1) * LINE_HEIGHT), line, fill=GREY, font=font(TEXT_SIZE))
         else:
             image = boxed_thumbnail(card)
             sheet.paste(image, thumb_origin(index, columns, image.size))
