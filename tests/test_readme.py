@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.toy.quality import QUALITY
 from toy.scenes import iou
 
 REPO = Path(__file__).resolve().parent.parent
+BOX_LINE = re.compile(r"^(.*): \((\d+), (\d+)\) - \((\d+), (\d+)\)$")
 
 
 def python_snippet(heading: str) -> str:
@@ -20,12 +22,26 @@ def python_snippet(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_from_python_snippet_runs_and_boxes_the_shapes():
+def run_snippet() -> list[str]:
     code = python_snippet("### From Python")
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.strip().splitlines()
+    return done.stdout.strip().splitlines()
+
+
+def test_from_python_snippet_runs_as_written():
+    lines = run_snippet()
+    assert lines, "the snippet prints the model's text first"
+    for line in lines:  # the text, then one line per parsed box, in pixels of the 640 x 480 scene
+        if m := BOX_LINE.match(line):
+            x0, y0, x1, y1 = (float(v) for v in m.groups()[1:])
+            assert 0 <= x0 <= x1 < 640 and 0 <= y0 <= y1 < 480, line
+
+
+@QUALITY
+def test_from_python_snippet_boxes_the_shapes():
+    lines = run_snippet()
     truth = json.loads((REPO / "examples/scenes/truth.jsonl").read_text().splitlines()[0])
     assert truth["file"] == "scene-0000.png"
     names = [s["name"] for s in truth["shapes"]]

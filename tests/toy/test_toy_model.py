@@ -15,6 +15,7 @@ from model.boxes import parse_boxes_for_phrase, parse_grounding
 from model.config import COGVLM
 from model.loading import check_checkpoint_dir
 from pipeline.labeling import TaskSpec
+from tests.toy.quality import QUALITY
 from toy.scenes import COUNT_QUESTION, iou, join_phrases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +54,16 @@ def test_shipped_checkpoint_is_small_and_in_the_released_v1_layout():
     assert cfg.variant == COGVLM and cfg.template_version == "base" and cfg.vocab_size == 259
 
 
+def test_the_model_answers_in_the_formats_jobs_label_parses(toy):
+    image, truth = bundled_scenes()[0]
+    [text] = ask(toy, image, TaskSpec("grounded_caption"))
+    assert isinstance(text, str) and text == ask(toy, image, TaskSpec("grounded_caption"))[0]  # greedy: repeatable
+    parsed = parse_grounding(text, image.width, image.height)
+    for box in parsed.boxes:  # whatever it says, boxes come out in this image's pixels
+        assert 0 <= box.x0 <= box.x1 < image.width and 0 <= box.y0 <= box.y1 < image.height
+
+
+@QUALITY
 def test_captions_counts_and_boxes_on_the_bundled_scenes(toy):
     named = boxed = grounded = shapes = counted = 0
     scenes = bundled_scenes()
