@@ -38,7 +38,7 @@ sys.path.insert(0, REPO)
 from pipeline import schema  # noqa: E402
 from pipeline.writer import LABELS_DIR, SHARDS_DIR  # noqa: E402
 from tests.http_server import HttpServer  # noqa: E402
-from toy import files, scenes  # noqa: E402
+from model.toy import files, scenes  # noqa: E402
 
 TASKS = {
     "grounded_caption": ["--task", "grounded_caption"],

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.toy.quality import QUALITY
-from toy.scenes import iou
+from tests.model.toy.quality import QUALITY
+from model.toy.scenes import iou
 
 REPO = Path(__file__).resolve().parent.parent
 BOX_LINE = re.compile(r"^(.*): \((\d+), (\d+)\) - \((\d+), (\d+)\)$")

@@ -3,7 +3,7 @@ server, and the boxes it writes land on the drawn shapes in the original image's
 EXIF-rotated and non-square images included; batch size does not change any output.
 
 The plumbing tests hold whatever the model says; the quality tests (marked QUALITY) need the
-shipped model to be as good as its training record claims (tests/toy/quality.py).
+shipped model to be as good as its training record claims (tests/model/toy/quality.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from jobs import label
 from pipeline import schema
 from pipeline.writer import LABELS_DIR, SHARDS_DIR
 from tests.http_server import TABLE_OPTIONS
-from tests.toy.quality import MODEL, QUALITY
-from toy import files, scenes
+from tests.model.toy.quality import MODEL, QUALITY
+from model.toy import files, scenes
 
 NET_FLAGS = ["--timeout", "5", "--retries", "1", "--allow-networks", ",".join(TABLE_OPTIONS.allow_networks)]
 # (width, height as displayed, shapes, how the file is stored): unseen scenes (the seed below

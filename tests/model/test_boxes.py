@@ -295,7 +295,7 @@ def test_grounded_captions_of_drawn_scenes_parse_back_onto_the_shapes(size):
 
     import numpy as np
 
-    from toy import scenes
+    from model.toy import scenes
 
     rng = random.Random(size[0] * 7919 + size[1])
     for _ in range(5):

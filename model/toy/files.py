@@ -1,7 +1,7 @@
 """Scene images as files a job can download, with the truth beside them.
 
-    python -m toy.files OUT [--count N --seed S]     # N fresh scenes, sizes from the world
-    python -m toy.files examples/scenes --demo        # the set `make demo` labels
+    python -m model.toy.files OUT [--count N --seed S]     # N fresh scenes, sizes from the world
+    python -m model.toy.files examples/scenes --demo        # the set `make demo` labels
 
 Writes OUT/NAME.png|.jpg and OUT/truth.jsonl, one line per image: {"file", "width", "height",
 "shapes": [{"name", "box"}]}, with width, height and boxes as displayed (every few images is a
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from toy import scenes
+from model.toy import scenes
 
 EXIF_ORIENTATION = 0x0112
 # The demo set: (width, height, shapes): photo sizes, portrait, panoramas, one of each count.
@@ -87,7 +87,7 @@ def write_files(files: list[SceneFile], out: Path) -> Path:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m toy.files", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m model.toy.files", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--demo", action="store_true", help="the fixed demo set instead of fresh scenes")
     parser.add_argument("--count", type=int, default=50)

@@ -1,6 +1,6 @@
 """Train the toy CogVLM (v1 layout) on toy.scenes; writes a checkpoint the ordinary loader reads.
 
-    nice -n 10 python -m toy.train --out examples/toy-cogvlm --steps N [--work out/toy-train]
+    nice -n 10 python -m model.toy.train --out examples/toy-cogvlm --steps N [--work out/toy-train]
 
 Seeded and deterministic for a given machine and thread count: scenes come from one
 random.Random(seed), weights from torch.manual_seed(seed). Every --eval-every steps it measures
@@ -13,7 +13,7 @@ model's own forward (model.model.CogVLMForCausalLM): the same routing, positions
 inference path uses, so what is trained is what is served. Each step draws --batch scenes and
 trains every task on each (grounded caption, a ground question per shape, a caption or a
 count); an image's prefix is computed once and shared by its rows through the KV interface,
-as generation shares it (tests/toy/test_train.py checks this equals whole-sequence training).
+as generation shares it (tests/model/toy/test_train.py checks this equals whole-sequence training).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from model.model import CogVLMForCausalLM, rope_positions, vision_expert_mask
 from model.processor import ImageProcessor, build_input_ids, load_tokenizer
 from model.tiny import tiny_config, write_shards, write_tokenizer
 from pipeline.labeling import CAPTION_PRESETS, GROUND_PROMPT, GROUNDED_CAPTION_PROMPT
-from toy import scenes
+from model.toy import scenes
 
 CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
 COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
@@ -280,7 +280,7 @@ def lr_at(step: int, args) -> float:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m toy.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m model.toy.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("examples/toy-cogvlm"), help="where the best checkpoint goes")
     p.add_argument("--work", type=Path, default=Path("out/toy-train"), help="latest weights, optimizer state, log")
     p.add_argument("--resume", action="store_true", help="continue from --work")

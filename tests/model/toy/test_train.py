@@ -10,7 +10,7 @@ import torch
 from model.config import ModelConfig
 from model.processor import ImageProcessor, load_tokenizer
 from model.tiny import write_tokenizer
-from toy.train import Example, batch_loss, init_model, lr_at, make_scene_examples, parse_args, scene_batch_loss, toy_config
+from model.toy.train import Example, batch_loss, init_model, lr_at, make_scene_examples, parse_args, scene_batch_loss, toy_config
 
 
 def small(tmp_path):

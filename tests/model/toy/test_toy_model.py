@@ -15,10 +15,10 @@ from model.boxes import parse_boxes_for_phrase, parse_grounding
 from model.config import COGVLM
 from model.loading import check_checkpoint_dir
 from pipeline.labeling import TaskSpec
-from tests.toy.quality import QUALITY
-from toy.scenes import COUNT_QUESTION, iou, join_phrases
+from tests.model.toy.quality import QUALITY
+from model.toy.scenes import COUNT_QUESTION, iou, join_phrases
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "examples" / "toy-cogvlm"
 SCENES = REPO / "examples" / "scenes"
 SETTINGS = GenerationSettings(max_new_tokens=128)

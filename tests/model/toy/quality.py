@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-MODEL = Path(__file__).resolve().parents[2] / "examples" / "toy-cogvlm"
+MODEL = Path(__file__).resolve().parents[3] / "examples" / "toy-cogvlm"
 BAR = 0.9
 
 
