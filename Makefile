@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up, then label the bundled example images with a tiny random model
+#   make demo   set up, then label the bundled toy scenes with the toy model and render a report
 #   make test   set up, then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel first: an unpinned torch would pull the newest CUDA build (gigabytes).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo corpus-demo test bench-download bench-memory bench-model bench-pipeline bench-video clean
+.PHONY: setup demo corpus-demo test bench-download bench-memory bench-model bench-pipeline bench-video bench-toy clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m model.tiny out/tiny-cogvlm
-	$(PY) -m jobs.label --input examples/images --output out/demo-labels --model out/tiny-cogvlm --task grounded_caption
+	rm -rf out/demo-labels
+	$(PY) -m jobs.label --input examples/demo.csv --allow-local-files --output out/demo-labels \
+		--model examples/toy-cogvlm --task grounded_caption --previews-per-shard 16
 	$(PY) -m jobs.report --labels out/demo-labels --out out/demo-report
 
 corpus-demo: setup
@@ -43,6 +44,9 @@ bench-pipeline: setup
 
 bench-video: setup
 	$(PY) benchmarks/video.py
+
+bench-toy: setup
+	$(PY) benchmarks/toy_quality.py
 
 clean:
 	rm -rf out

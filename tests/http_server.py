@@ -178,6 +178,7 @@ class HttpServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-http-server", daemon=True)
         self._runner: web.AppRunner | None = None
         self._gzip_bomb = gzip_bomb(GZIP_BOMB_DECODED)
+        self._files: dict[str, tuple[bytes, str]] = {}  # served under /files/NAME, see add_file
 
     # --- lifecycle and queries ------------------------------------------------------------
 
@@ -191,6 +192,11 @@ class HttpServer:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+    def add_file(self, name: str, body: bytes, content_type: str) -> str:
+        """Serve body at /files/NAME from now on; returns its URL."""
+        self._files[name] = (body, content_type)
+        return self.url(f"/files/{name}")
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -214,6 +220,7 @@ class HttpServer:
             [
                 web.get("/img/{name}", self._image),
                 web.get("/video/{name}", self._video),
+                web.get("/files/{name}", self._file),
                 web.get("/slow/image.jpg", self._slow_image),
                 web.get("/html", self._html),
                 web.get("/empty", self._empty),
@@ -263,6 +270,12 @@ class HttpServer:
         if request.path not in bodies:
             raise web.HTTPNotFound()
         body, content_type = bodies[request.path]
+        return web.Response(body=body, content_type=content_type)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if request.match_info["name"] not in self._files:
+            raise web.HTTPNotFound()
+        body, content_type = self._files[request.match_info["name"]]
         return web.Response(body=body, content_type=content_type)
 
     async def _slow_image(self, request: web.Request) -> web.StreamResponse:

@@ -296,3 +296,37 @@ def test_grounded_operation_reads_boxes_and_points_after_its_label():
     ]
     assert len(parsed.problems) == 1 and "expected 4 numbers, got 3" in parsed.problems[0]
     assert parsed.caption == "Plan: tap it.\nNext Action: tap.\nGrounded Operation: tap; then drag"
+
+
+# --- against drawn shapes: the true boxes of toy scenes, not strings -------------------------
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (96, 96), (1200, 200), (200, 1200), (4000, 3000), (333, 777)])
+def test_grounded_captions_of_drawn_scenes_parse_back_onto_the_shapes(size):
+    """A caption written from each shape's drawn box parses back to that shape's name and pixels:
+    within the 1/1000 rounding of the format, and onto the shape's own filled pixels."""
+    import random
+
+    import numpy as np
+
+    from model.toy import scenes
+
+    rng = random.Random(size[0] * 7919 + size[1])
+    for _ in range(5):
+        scene = scenes.sample_scene(rng, size, count=3)
+        parsed = parse_grounding(scene.grounded_caption(), scene.width, scene.height)
+        assert parsed.problems == ()
+        assert [b.phrase for b in parsed.boxes] == [s.name for s in scene.shapes]
+        pixels = np.asarray(scenes.render(scene))
+        for box, shape in zip(parsed.boxes, scene.shapes):
+            got = (box.x0, box.y0, box.x1, box.y1)
+            tolerance = [size / 1000 for size in (scene.width, scene.height) * 2]
+            assert all(abs(g - t) <= tol for g, t, tol in zip(got, shape.box, tolerance)), (got, shape.box)
+            assert scenes.iou(got, shape.box) > 0.95
+            # the parsed box, in the image's pixels, holds the shape's colour and its centre is filled
+            x0, y0, x1, y1 = (round(v) for v in got)
+            inside = pixels[y0:y1, x0:x1].reshape(-1, 3)
+            fill = np.array(scene.fills[scene.shapes.index(shape)])
+            assert (np.abs(inside.astype(int) - fill).sum(-1) < 10).mean() > 0.4
+            cy, cx = round((shape.box[1] + shape.box[3]) / 2), round((shape.box[0] + shape.box[2]) / 2)
+            assert np.abs(pixels[min(cy, scene.height - 1), cx].astype(int) - fill).sum() < 10

@@ -1,0 +1,369 @@
+"""Train the toy CogVLM (v1 layout) on toy.scenes; writes a checkpoint the ordinary loader reads.
+
+    nice -n 10 python -m model.toy.train --out examples/toy-cogvlm --steps N [--work out/toy-train]
+
+Seeded and deterministic for a given machine and thread count: scenes come from one
+random.Random(seed), weights from torch.manual_seed(seed). Every --eval-every steps it measures
+the quality on fresh scenes (greedy, through VisualExpertModel) and, when the score is the best
+so far, rewrites --out: config.json, model.safetensors(.index.json), tokenizer files. --work holds
+the latest weights and optimizer state, so a stopped run resumes with --resume.
+
+The training step is teacher-forced cross-entropy on the answer tokens (and eos), through the
+model's own forward (model.model.CogVLMForCausalLM): the same routing, positions and layout the
+inference path uses, so what is trained is what is served. Each step draws --batch scenes and
+trains every task on each (grounded caption, a ground question per shape, a caption or a
+count); an image's prefix is computed once and shared by its rows through the KV interface,
+as generation shares it (tests/model/toy/test_train.py checks this equals whole-sequence training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.model import CogVLMForCausalLM, rope_positions, vision_expert_mask
+from model.processor import ImageProcessor, build_input_ids, load_tokenizer
+from model.tiny import tiny_config, write_shards, write_tokenizer
+from pipeline.labeling import CAPTION_PRESETS, GROUND_PROMPT, GROUNDED_CAPTION_PROMPT
+from model.toy import scenes
+
+CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
+COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
+ARTICLES = ("the ", "the ", "the ", "a ", "")
+RENDER_LONG_SIDE = 224  # scenes are drawn this large at most before the model's resize: same look, less work
+
+
+def toy_config(args) -> dict:
+    raw = tiny_config("cogvlm")
+    grid = args.image_size // 14
+    raw.update(
+        hidden_size=args.hidden, intermediate_size=args.intermediate, num_attention_heads=args.heads,
+        num_hidden_layers=args.layers, template_version="base", max_position_embeddings=1024,
+    )
+    raw["vision_config"].update(
+        hidden_size=args.vision_hidden, intermediate_size=2 * args.vision_hidden, num_heads=args.heads,
+        num_hidden_layers=args.vision_layers, image_size=args.image_size, num_positions=grid * grid + 1,
+    )
+    return raw
+
+
+def init_model(cfg: ModelConfig, seed: int) -> CogVLMForCausalLM:
+    torch.manual_seed(seed)
+    model = CogVLMForCausalLM(cfg)
+    for name, p in model.named_parameters():
+        if name.endswith((".boi", ".eoi", "cls_embedding", "position_embedding.weight", "embed_tokens.weight")):
+            torch.nn.init.normal_(p, std=0.02)
+        elif name.endswith(("dense.weight", "down_proj.weight", "fc2.weight", "dense_4h_to_h.weight")):
+            p.data.mul_(0.5)  # residual outputs start small
+    return model
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+@dataclass
+class Example:
+    pixels: np.ndarray  # uint8 [3, S, S]
+    prompt: str
+    answer: str
+
+
+@dataclass
+class SceneExamples:
+    """One drawn scene and the (prompt, answer) rows trained on it: every task at once."""
+
+    pixels: np.ndarray  # uint8 [3, S, S]
+    rows: list[tuple[str, str]]
+
+
+def draw_scene(rng: random.Random) -> tuple[scenes.Scene, "Image"]:
+    scene = scenes.sample_scene(rng)
+    factor = min(1.0, RENDER_LONG_SIDE / max(scene.width, scene.height))
+    small = scenes.Scene(
+        max(1, round(scene.width * factor)), max(1, round(scene.height * factor)), scene.background,
+        tuple(scenes.Shape(s.colour, s.kind, tuple(v * factor for v in s.box)) for s in scene.shapes), scene.fills,
+    )
+    image = scenes.render(small)
+    if rng.random() < 0.3:  # served images are often JPEGs
+        from PIL import Image
+        import io
+
+        image = Image.open(io.BytesIO(scenes.encode(image, "JPEG", quality=rng.randint(70, 95)))).convert("RGB")
+    return scene, image
+
+
+def make_scene_examples(rng: random.Random, processor: ImageProcessor) -> SceneExamples:
+    """A grounded caption, a ground question for every shape, and a caption or a count."""
+    scene, image = draw_scene(rng)
+    rows = [(GROUNDED_CAPTION_PROMPT, scene.grounded_caption())]
+    rows += [(GROUND_PROMPT.format(expression=rng.choice(ARTICLES) + s.name), scene.box_text(s)) for s in scene.shapes]
+    if rng.random() < 0.5:
+        rows.append((rng.choice(CAPTION_PROMPTS), scene.caption()))
+    else:
+        rows.append((rng.choice(COUNT_PROMPTS), scene.count()))
+    return SceneExamples(processor.resize(image), rows)
+
+
+class NoCache:
+    """Training attends over the whole fresh sequence at once: nothing to keep between calls."""
+
+    def update(self, layer, start, k, v):
+        return k, v
+
+
+class SharedPrefix:
+    """Keys and values of each image's prefix (bos, boi, patches), computed once and read by every
+    row of that image, as generation does (model.generate); gradients flow back through both."""
+
+    def __init__(self, image_of_row: torch.Tensor):
+        self.image_of_row = image_of_row
+        self.prefix: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, layer, start, k, v):
+        if start == 0:
+            self.prefix[layer] = (k, v)
+            return k, v
+        pk, pv = self.prefix[layer]
+        return torch.cat([pk[self.image_of_row], k], dim=2), torch.cat([pv[self.image_of_row], v], dim=2)
+
+
+def encode_rows(tokenizer, cfg, rows: list[tuple[str, str]]):
+    """-> per row (input ids, token types, targets) of the whole unpadded sequence."""
+    eos = cfg.eos_token_ids[0]
+    out = []
+    for prompt_text, answer_text in rows:
+        prompt = tokenizer.encode(prompt_text, add_special_tokens=False)
+        answer = tokenizer.encode(answer_text, add_special_tokens=False) + [eos]
+        ids, types = build_input_ids(prompt + answer[:-1], cfg)
+        # the logit at position i predicts token i + 1: the answer starts after the last prompt token
+        out.append((ids, types, [-100] * (len(ids) - len(answer)) + answer))
+    return out
+
+
+def batch_loss(model: CogVLMForCausalLM, tokenizer, examples: list[Example]) -> torch.Tensor:
+    """Plain teacher forcing, one whole sequence per row (the reference for scene_batch_loss)."""
+    cfg = model.config
+    rows = encode_rows(tokenizer, cfg, [(ex.prompt, ex.answer) for ex in examples])
+    width = max(len(ids) for ids, _, _ in rows)
+    pad = lambda seq, fill: seq + [fill] * (width - len(seq))  # noqa: E731  right padding: causal attention never sees it
+    ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _, _ in rows])
+    types = torch.tensor([pad(t, 0) for _, t, _ in rows])
+    labels = torch.tensor([pad(t, -100) for _, _, t in rows])
+    pixels = ImageProcessor.normalize(np.stack([ex.pixels for ex in examples]))
+    x = model.embed(ids)
+    features = model.encode_images(torch.from_numpy(pixels))
+    x = torch.cat([x[:, :1], features, x[:, 1 + features.shape[1]:]], dim=1)
+    h = model(x, rope_positions(types), vision_expert_mask(types), None, NoCache(), 0)
+    picked = labels != -100
+    return F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum") / picked.sum()
+
+
+def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamples], groups: int = 2) -> torch.Tensor:
+    """The same loss as batch_loss over every row of every scene, but each image's prefix goes
+    through the vision tower and the language layers once, and rows of similar length are run
+    together (`groups` calls), so little is spent on padding."""
+    cfg = model.config
+    n = cfg.num_image_tokens  # prefix: bos, boi, patches (n - 1 slots after bos); eoi starts each row
+    pixels = ImageProcessor.normalize(np.stack([b.pixels for b in batch]))
+    features = model.encode_images(torch.from_numpy(pixels))  # [U, n, H]
+    encoded, image_of_row = [], []
+    for u, scene_rows in enumerate(batch):
+        for row in encode_rows(tokenizer, cfg, scene_rows.rows):
+            encoded.append(row)
+            image_of_row.append(u)
+    first_types = torch.tensor(encoded[0][1])
+    prefix_positions = rope_positions(first_types)[:n]
+    prefix_vision = vision_expert_mask(first_types)[:n]
+    u = len(batch)
+    bos = model.embed(torch.full((u, 1), cfg.bos_token_id))
+    order = sorted(range(len(encoded)), key=lambda r: len(encoded[r][0]))
+    total, count = 0.0, 0
+    for chunk in np.array_split(np.array(order), groups):
+        if not len(chunk):
+            continue
+        rows = [encoded[r] for r in chunk]
+        cache = SharedPrefix(torch.tensor([image_of_row[r] for r in chunk]))
+        # the prefix again for each group: its keys and values are recomputed, cheap next to the rows
+        model(torch.cat([bos, features[:, :-1]], dim=1), prefix_positions.expand(u, -1), prefix_vision.expand(u, -1), None, cache, 0)
+        width = max(len(ids) for ids, _, _ in rows) - n
+        pad = lambda seq, fill: seq[n:] + [fill] * (width - len(seq) + n)  # noqa: E731
+        ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _, _ in rows])
+        positions = torch.stack([torch.nn.functional.pad(rope_positions(torch.tensor(t))[n:], (0, width - len(t) + n)) for _, t, _ in rows])
+        labels = torch.tensor([pad(t, -100) for _, _, t in rows])
+        x = model.embed(ids)
+        x = torch.cat([features[cache.image_of_row, -1:], x[:, 1:]], dim=1)  # eoi's slot holds its feature
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = torch.cat([torch.ones(width, n, dtype=torch.bool), causal], dim=1).expand(len(rows), 1, width, n + width)
+        h = model(x, positions, None, mask, cache, n)
+        picked = labels != -100
+        total = total + F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum")
+        count += int(picked.sum())
+    return total / count
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(model, tokenizer, model_dir: Path, seed: int, n: int) -> dict:
+    """Greedy answers on n fresh scenes: shapes named and boxed (IoU >= 0.5), ground IoU >= 0.5."""
+    from model.api import GenerationSettings, VisualExpertModel
+    from model.boxes import parse_boxes_for_phrase, parse_grounding
+
+    model.eval()
+    vem = VisualExpertModel(model, tokenizer, model_dir)
+    rng = random.Random(seed)
+    found = total = ground_ok = ground_total = count_ok = 0
+    with torch.no_grad():
+        for _ in range(n):
+            scene = scenes.sample_scene(rng)
+            image = scenes.render(scene)
+            pixels = vem.processor.preprocess(image)[None]
+            prompts = [GROUNDED_CAPTION_PROMPT, scenes.COUNT_QUESTION]
+            prompts += [GROUND_PROMPT.format(expression="the " + s.name) for s in scene.shapes]
+            outs = vem.generate(pixels, prompts, image_index=[0] * len(prompts), settings=GenerationSettings(max_new_tokens=128))
+            parsed = parse_grounding(outs[0].text, scene.width, scene.height)
+            for shape in scene.shapes:
+                total += 1
+                found += any(b.phrase == shape.name and scenes.iou((b.x0, b.y0, b.x1, b.y1), shape.box) >= 0.5 for b in parsed.boxes)
+            count_ok += outs[1].text.strip() == scene.count()
+            for shape, out in zip(scene.shapes, outs[2:]):
+                ground_total += 1
+                boxes = parse_boxes_for_phrase(out.text, shape.name, scene.width, scene.height).boxes
+                ground_ok += bool(boxes) and scenes.iou((boxes[0].x0, boxes[0].y0, boxes[0].x1, boxes[0].y1), shape.box) >= 0.5
+    model.train()
+    return {"grounded": found / total, "ground": ground_ok / ground_total, "count": count_ok / n,
+            "example": outs[0].text}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def write_checkpoint(model: CogVLMForCausalLM, raw_config: dict, out: Path, meta: dict) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(raw_config, indent=2, sort_keys=True) + "\n")
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    write_shards(state, tmp, num_shards=1)
+    write_tokenizer("cogvlm", tmp)
+    (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        for f in out.iterdir():
+            if f.name in {p.name for p in tmp.iterdir()} or f.suffix in (".safetensors", ".json"):
+                f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warmup, then inverse square root: it does not depend on --steps, so the checkpoint
+    of step N is the same whichever --steps a run was given (a long run can be cut short)."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    return args.lr * math.sqrt(args.warmup / step)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.toy.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("examples/toy-cogvlm"), help="where the best checkpoint goes")
+    p.add_argument("--work", type=Path, default=Path("out/toy-train"), help="latest weights, optimizer state, log")
+    p.add_argument("--resume", action="store_true", help="continue from --work")
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--batch", type=int, default=10, help="scenes per step (about 4 rows each)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine wastes less on spinning threads)")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-scenes", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--vision-hidden", type=int, default=96)
+    p.add_argument("--vision-layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=384)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--time-steps", type=int, default=0, help="only time this many steps and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    raw = toy_config(args)
+    cfg = ModelConfig.from_dict(raw)
+    args.work.mkdir(parents=True, exist_ok=True)
+    write_tokenizer("cogvlm", args.work)
+    (args.work / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    tokenizer = load_tokenizer(args.work, None, cfg)
+    processor = ImageProcessor(cfg.vision.image_size)
+    model = init_model(cfg, args.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+    rng = random.Random(args.seed)
+    step, best = 0, -1.0
+    state_file = args.work / "state.pt"
+    if args.resume and state_file.exists():
+        saved = torch.load(state_file, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        rng.setstate(saved["rng"])
+        step, best = saved["step"], saved["best"]
+    print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {cfg.num_image_tokens} image tokens", flush=True)
+    model.train()
+    log = open(args.work / "log.txt", "a")
+    started, window = time.time(), []
+    while step < args.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        loss = scene_batch_loss(model, tokenizer, [make_scene_examples(rng, processor) for _ in range(args.batch)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        window.append(loss.item())
+        if step % 10 == 0:
+            line = f"step {step} loss {sum(window) / len(window):.4f} lr {lr_at(step, args):.2e} {time.time() - started:.0f}s"
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+            window = []
+        if args.time_steps and step >= args.time_steps:
+            print(f"{(time.time() - started) / step:.2f} s/step")
+            return
+        if step % args.eval_every == 0 or step == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+            scores = evaluate(model, tokenizer, args.work, 10_000 + step, args.eval_scenes)
+            # boxes first; ties (early on, all zero) go to the better all-round model
+            score = min(scores["grounded"], scores["ground"]) + 0.01 * (scores["grounded"] + scores["ground"] + scores["count"])
+            line = f"eval step {step}: {json.dumps(scores)}"
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+            if score > best:
+                best = score
+                meta = {"step": step, "seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()}, "eval": scores}
+                write_checkpoint(model, raw, args.out, meta)
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+
+
+if __name__ == "__main__":
+    main()
