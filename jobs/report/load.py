@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import posixpath
 import random
 from collections import Counter
@@ -21,8 +20,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from jobs.report.cards import Card, failure_label
-from pipeline import schema
-from pipeline.writer import LABELS_DIR, PREVIEWS_DIR, SHARDS_DIR, STATS_FILE
+from pipeline import schema, storage
+from pipeline.video_strip import report_image
+from pipeline.writer import LABELS_DIR, PREVIEWS_DIR, SHARDS_DIR, STATS_FILE, OutputDir
 
 FAILURE_SHARE = 8  # at most 1 card in 8 is a failure while successes last
 
@@ -42,6 +42,7 @@ CARD_COLUMNS = [
     schema.BOXES,
     schema.MODEL,
     schema.GENERATION,
+    schema.FRAME_TIMESTAMPS,  # video rows: their preview is a strip of the sampled frames
 ]
 OUTCOME_COLUMNS = [schema.KEY, schema.STATUS, schema.REASON, schema.ERROR_MESSAGE]
 
@@ -60,11 +61,10 @@ class LabelOutput:
 
     @classmethod
     def open(cls, where: str) -> "LabelOutput":
-        """A local path (relative is fine) or a URI pyarrow.fs knows (file://, s3://, gs://, ...)."""
-        uri = where if "://" in where else os.path.abspath(where)
+        """A local path (relative is fine) or a URI (file://, s3://, gs://, ...), as jobs.label's --output."""
         try:
-            fs, root = pafs.FileSystem.from_uri(uri)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError) as e:
+            fs, root = storage.resolve(where)
+        except storage.StorageError as e:
             raise ReportError(f"cannot open --labels {where!r}: {e}") from None
         return cls(fs, root.rstrip("/"), where)
 
@@ -72,11 +72,16 @@ class LabelOutput:
         return posixpath.join(self.root, *parts)
 
     def shard_files(self, sub: str) -> list[str]:
+        """The sub's Parquet files of committed shards only: a killed run's leftovers are never read."""
         try:
+            committed = set(OutputDir(self.shown).committed_names())
             infos = self.fs.get_file_info(pafs.FileSelector(self.path(SHARDS_DIR, sub), allow_not_found=True))
         except (OSError, pa.ArrowException) as e:
             raise ReportError(f"cannot list {self.shown}/{SHARDS_DIR}/{sub}: {e}") from None
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+        return sorted(
+            i.path for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(".parquet") and posixpath.basename(i.path)[: -len(".parquet")] in committed
+        )
 
     def label_files(self) -> list[str]:
         files = self.shard_files(LABELS_DIR)
@@ -219,6 +224,9 @@ def make_card(number: int, row: dict, preview: dict | None) -> Card:
     height = preview.get(schema.HEIGHT) or row.get(schema.ORIGINAL_HEIGHT)
     original = (width, height) if width and height and width > 0 and height > 0 else None
     data = preview.get(schema.THUMBNAIL) or b""
+    strip = report_image(data, row)  # a video row: its frames, their times and the caption
+    if strip is not None:
+        data, original = strip, None
     return Card(number, row, decode(data) if data else None, data, original)
 
 

@@ -14,7 +14,7 @@ from jobs.report import cards, load, sheet
 from jobs.report import page as html_page
 from model.boxes import Box
 from pipeline import schema
-from pipeline.writer import LABELS_DIR, PREVIEWS_DIR, SHARDS_DIR, STATS_FILE
+from pipeline.writer import LABELS_DIR, PREVIEWS_DIR, SHARDS_DIR, STATS_DIR, STATS_FILE
 from tests import images
 
 LABEL_SCHEMA = pa.schema(schema.CORPUS_FIELDS + schema.LABEL_FIELDS)
@@ -88,15 +88,18 @@ def make_labels(root, *, stats=True, previews=True, plain_rows=10):
     # An input column only one shard has: shards need not share a schema.
     extra = pa.schema(list(LABEL_SCHEMA) + [pa.field("uid", pa.string())])
     shard_b_table = pa.Table.from_pylist([{**r, "uid": r[schema.KEY]} for r in shard_b], schema=extra)
-    pq.write_table(pa.Table.from_pylist(shard_a, schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "part-a.parquet")
-    pq.write_table(shard_b_table, labels_dir / SHARDS_DIR / LABELS_DIR / "part-b.parquet")
+    pq.write_table(pa.Table.from_pylist(shard_a, schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "00000.parquet")
+    pq.write_table(shard_b_table, labels_dir / SHARDS_DIR / LABELS_DIR / "00001.parquet")
     previewed = shard_a[:4] + shard_b  # not the out-of-memory row, which fails before its thumbnail
     if previews:
         rows_a = [preview_row(DOG[0], DOG[1], DOG[2]), preview_row(CAT[0], CAT[1], CAT[2])]
         rows_a += [preview_row(r[schema.KEY], (256, 192), (1024, 768)) for r in shard_a[2:4]]
         rows_b = [preview_row(r[schema.KEY], (192, 256), (768, 1024)) for r in shard_b]
-        for name, rows in (("part-a.parquet", rows_a), ("part-b.parquet", rows_b)):
+        for name, rows in (("00000.parquet", rows_a), ("00001.parquet", rows_b)):
             pq.write_table(pa.Table.from_pylist(rows, schema=PREVIEW_SCHEMA), labels_dir / SHARDS_DIR / PREVIEWS_DIR / name)
+    (labels_dir / SHARDS_DIR / STATS_DIR).mkdir()
+    for name in ("00000", "00001"):  # committed: a shard's stats file is written last
+        (labels_dir / SHARDS_DIR / STATS_DIR / f"{name}.json").write_text("{}")
     if stats:
         totals = {"input_rows": 17, "kept": 13, "rejected": 4, "rejected_by_reason": {"model_error": 3, "out_of_memory": 1}}
         (labels_dir / STATS_FILE).write_text(json.dumps(totals))
@@ -245,7 +248,7 @@ def test_without_stats_or_previews_the_page_still_has_counts_and_failures(tmp_pa
 
 def test_no_cards_at_all_writes_no_sheet(tmp_path, capsys):
     labels_dir, _ = make_labels(tmp_path, stats=False, previews=False)
-    shard = labels_dir / SHARDS_DIR / LABELS_DIR / "part-a.parquet"
+    shard = labels_dir / SHARDS_DIR / LABELS_DIR / "00000.parquet"
     table = pq.ParquetFile(shard).read()
     pq.write_table(table.filter(pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS)), shard)
     out = tmp_path / "report"
@@ -318,9 +321,11 @@ def test_ground_cards_show_each_phrase_with_its_answer_on_page_and_sheet(tmp_pat
     answers = {"the red circle": "[[250,250,750,750]]", "the blue square": "I cannot see it"}
     row = label_row(DOG[0], boxes=[box("the red circle", *DOG[3], *DOG[2])], size=DOG[2])
     row.update({schema.TASK: "ground", schema.TEXT: json.dumps(answers), schema.LABEL_CAPTION: None})
-    pq.write_table(pa.Table.from_pylist([row], schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "p.parquet")
+    pq.write_table(pa.Table.from_pylist([row], schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "00000.parquet")
     preview = pa.Table.from_pylist([preview_row(DOG[0], DOG[1], DOG[2])], schema=PREVIEW_SCHEMA)
-    pq.write_table(preview, labels_dir / SHARDS_DIR / PREVIEWS_DIR / "p.parquet")
+    pq.write_table(preview, labels_dir / SHARDS_DIR / PREVIEWS_DIR / "00000.parquet")
+    (labels_dir / SHARDS_DIR / STATS_DIR).mkdir()
+    (labels_dir / SHARDS_DIR / STATS_DIR / "00000.json").write_text("{}")
     out = tmp_path / "report"
     # A URI, as for remote outputs: the same code reads file:// and s3:// through pyarrow.fs.
     assert run(labels_dir.as_uri(), out) == 0
@@ -342,3 +347,14 @@ def test_ground_cards_show_each_phrase_with_its_answer_on_page_and_sheet(tmp_pat
 def test_an_unknown_uri_scheme_exits_2(tmp_path, capsys):
     assert run("nosuchscheme://bucket/labels", tmp_path / "out") == 2
     assert "cannot open --labels" in capsys.readouterr().err
+
+
+def test_files_of_an_uncommitted_shard_are_never_read(tmp_path):
+    """A killed jobs.label run can leave a shard's label Parquet without its stats file: the
+    report counts committed shards only, as resuming does."""
+    labels_dir, previewed = make_labels(tmp_path)
+    leftover = [label_row("00002000000000", caption="from a killed run")]
+    pq.write_table(pa.Table.from_pylist(leftover, schema=LABEL_SCHEMA), labels_dir / SHARDS_DIR / LABELS_DIR / "00002.parquet")
+    assert run(labels_dir, tmp_path / "report", "--sample", "100") == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "00002000000000" not in card_keys(page) and "from a killed run" not in page

@@ -20,7 +20,7 @@ import pytest
 import ray
 from braceexpand import braceexpand
 
-from jobs import build_corpus, label
+from jobs import build_corpus, label, report
 from model.tiny import write_tiny_checkpoint
 from pipeline import schema, storage
 from pipeline.reader import make_key
@@ -106,3 +106,7 @@ def test_label_bucket_corpus_into_bucket(s3_server, http_server, tmp_path):
     ]
     assert label.main(argv) == 0  # a finished output: nothing to do, nothing lost
     assert sorted(r["uid"] for r in read_rows(f"{bucket}/labelled", "labels")) == list("abc")
+    # jobs.report reads the labels straight from the bucket.
+    assert report.main(["--labels", f"{bucket}/labelled", "--out", str(tmp_path / "report"), "--sample", "10"]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("<h3>#") == 3 and (tmp_path / "report" / "contact_sheet.png").is_file()
