@@ -42,10 +42,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
+    # 127.0.0.2, still loopback: `ray start` swaps 127.0.0.1 for the machine's own address, and
+    # the job agent then registers under an address the job server does not look for
     port, dashboard = free_port(), free_port()
     temp = tmp_path_factory.mktemp("ray")
     env = CLUSTER_ENV
-    cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+    cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.2",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
            f"--temp-dir={temp}", "--disable-usage-stats"]
     head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,7 +67,7 @@ def ray_head(tmp_path_factory):
     yield address
     os.killpg(head.pid, signal.SIGTERM)
     try:
-        head.wait(timeout=30)
+        head.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)
 
@@ -77,7 +79,7 @@ def test_build_corpus_runs_under_ray_job_submit(tmp_path, ray_head, http_server)
     cmd = [RAY, "job", "submit", "--address", ray_head, "--working-dir", REPO, "--",
            "python", "-m", "jobs.build_corpus", "--input", str(tmp_path / "in.parquet"), "--output", str(out),
            "--allow-networks", "127.0.0.1/32", "--timeout", "5"]
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while True:  # the dashboard answers before its job agent is ready: Ray says to try again
         done = subprocess.run(cmd, cwd=REPO, env=CLUSTER_ENV, capture_output=True, text=True, timeout=400)
         if "No available agent" not in done.stdout + done.stderr or time.monotonic() > deadline:

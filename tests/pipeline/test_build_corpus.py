@@ -271,7 +271,7 @@ def test_a_killed_fetch_worker_is_retried_by_ray_not_rejected(tmp_path, http_ser
     def fetch_workers():
         # The GCS actor table (ray.util.state needs the dashboard, which this test Ray lacks).
         actors = ray._private.state.actors().values()
-        return [a for a in actors if "FetchAndFilter" in a["ActorClassName"] and a["State"] == "ALIVE"]
+        return [a for a in actors if "Fetch" in a["ActorClassName"] and a["State"] == "ALIVE"]
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not fetch_workers():
@@ -281,7 +281,7 @@ def test_a_killed_fetch_worker_is_retried_by_ray_not_rejected(tmp_path, http_ser
     os.kill(victim["Pid"], signal.SIGKILL)
     job.join(timeout=300)
     assert codes == [0]
-    restarted = [a for a in ray._private.state.actors().values() if "FetchAndFilter" in a["ActorClassName"]]
+    restarted = [a for a in ray._private.state.actors().values() if "Fetch" in a["ActorClassName"]]
     assert any(a["NumRestarts"] >= 1 or a["Pid"] != victim["Pid"] for a in restarted)
     kept, rejected = read_outputs(out)
     rows = kept.to_pylist() + (rejected.to_pylist() if rejected is not None else [])
