@@ -82,10 +82,11 @@ def _read_parquet(out: OutputDir, path: str, columns: list[str]) -> pa.Table:
 
 
 class FetchUnlessRejected:
-    """FetchAndFilter for rows still open; rows the reader already rejected pass unchanged."""
+    """The fetch stage (FetchAndFilter, or a subclass such as video's) for rows still open; rows
+    the reader already rejected pass unchanged."""
 
-    def __init__(self, options: CorpusOptions, dedup=None):
-        self.stage = FetchAndFilter(options, dedup)
+    def __init__(self, options: CorpusOptions, dedup=None, stage: type[FetchAndFilter] = FetchAndFilter):
+        self.stage = stage(options, dedup)
 
     async def __call__(self, table: pa.Table) -> pa.Table:
         if schema.STATUS not in table.column_names:
@@ -108,12 +109,19 @@ def _with_stage_columns(table: pa.Table) -> pa.Table:
     return table
 
 
-def fetch_and_filter(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, cpus_per_worker: int = 1) -> ray.data.Dataset:
-    """dedup: a DedupIndex handle, required when options.dedup is set."""
+def fetch_and_filter(
+    ds: ray.data.Dataset,
+    options: CorpusOptions,
+    dedup=None,
+    cpus_per_worker: int = 1,
+    stage: type[FetchAndFilter] = FetchAndFilter,
+    batch_rows: int = FETCH_BATCH_ROWS,
+) -> ray.data.Dataset:
+    """dedup: a DedupIndex handle, required when options.dedup is set; stage: the fetch stage's class."""
     return ds.map_batches(
         FetchUnlessRejected,
-        fn_constructor_args=(options, dedup),
-        batch_size=FETCH_BATCH_ROWS,
+        fn_constructor_args=(options, dedup, stage),
+        batch_size=batch_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=fetch_workers(options, cpus_per_worker)),
         num_cpus=FETCH_ACTOR_CPUS,

@@ -88,24 +88,11 @@ class FetchVideos(FetchAndFilter):
         return RowResult(values={schema.SHA256: content_sha256(data), schema.BYTES: len(data)}, image=data)
 
 
-def fetch_videos(ds: ray.data.Dataset, options: CorpusOptions, dedup=None, cpus_per_worker: int = 1) -> ray.data.Dataset:
-    from pipeline.corpus import FETCH_ACTOR_CPUS, fetch_workers
-
-    return ds.map_batches(
-        FetchVideos,
-        fn_constructor_args=(options, dedup),
-        batch_size=FETCH_BATCH_ROWS,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=fetch_workers(options, cpus_per_worker)),
-        num_cpus=FETCH_ACTOR_CPUS,
-    )
-
-
 def video_dataset(ds: ray.data.Dataset, options: CorpusOptions, dedup, spec: TaskSpec, model_dir: str, previews_per_batch: int, limits: VideoLimits) -> ray.data.Dataset:
     """A video job's fetch and prepare stages: rows in, model-ready rows (or rejections) out."""
-    from pipeline.corpus import LIGHT_TASK_CPUS
+    from pipeline.corpus import LIGHT_TASK_CPUS, fetch_and_filter
 
-    ds = fetch_videos(ds, options, dedup, cpus_per_worker=2)  # as jobs.label's image path: the model needs CPUs too
+    ds = fetch_and_filter(ds, options, dedup, 2, FetchVideos, FETCH_BATCH_ROWS)  # as jobs.label's image path: the model needs CPUs too
     return ds.map_batches(
         prepare_videos,
         fn_kwargs={"model_dir": model_dir, "spec": spec, "previews_per_batch": previews_per_batch, "limits": limits},

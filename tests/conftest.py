@@ -13,3 +13,13 @@ def http_server():
     server = HttpServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded Ray for one test module: starting one takes seconds on 2 cores."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -9,7 +9,6 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs import label, report
 from model.tiny import write_tiny_checkpoint
@@ -24,11 +23,7 @@ BAD = {"/status/404": R.HTTP_ERROR, "/html": R.NOT_AN_IMAGE, "/img/truncated.jpg
 NET_FLAGS = ["--timeout", "2", "--retries", "1", "--allow-networks", ",".join(TABLE_OPTIONS.allow_networks)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one embedded Ray for the module (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

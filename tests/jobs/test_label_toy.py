@@ -16,7 +16,6 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs import label
 from pipeline import schema
@@ -35,11 +34,7 @@ LAYOUT = [
 SEED = 90210
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one embedded Ray for the module (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

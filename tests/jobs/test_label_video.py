@@ -12,7 +12,6 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs import label, report
 from model.tiny import write_tiny_checkpoint
@@ -42,11 +41,7 @@ URLS = {  # path -> expected reason (None: labelled)
 FLAGS = ["--max-new-tokens", "6", "--max-bytes", str(4 * 2**20), *NET_FLAGS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one embedded Ray for the module (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

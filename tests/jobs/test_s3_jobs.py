@@ -17,7 +17,6 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from braceexpand import braceexpand
 
 from jobs import build_corpus, label, report
@@ -31,10 +30,8 @@ NET = ["--timeout", "3", "--retries", "0", "--allow-networks", ",".join(TABLE_OP
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(s3_server):  # after the S3 variables are set, so Ray's workers inherit them
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+def ray_after_s3(s3_server, local_ray):  # Ray starts after the S3 variables are set: its workers inherit them
     yield
-    ray.shutdown()
 
 
 def put_parquet(uri: str, table: pa.Table) -> None:

@@ -51,11 +51,7 @@ JOB_FLAGS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one embedded Ray for the module (tests/conftest.py)
 
 
 def read_outputs(out) -> tuple[pa.Table, pa.Table]:

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from jobs import build_corpus
 from pipeline import schema, storage
@@ -25,11 +24,7 @@ R = schema.Reason
 FLAGS = ["--timeout", "3", "--retries", "0", "--allow-networks", ",".join(TABLE_OPTIONS.allow_networks)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # one embedded Ray for the module (tests/conftest.py)
 
 
 def output_keys(out: str) -> list[str]:
