@@ -160,7 +160,7 @@ def batch_loss(model: CogVLMForCausalLM, tokenizer, examples: list[Example]) -> 
     ids = torch.tensor([pad(i, cfg.pad_token_id) for i, _, _ in rows])
     types = torch.tensor([pad(t, 0) for _, t, _ in rows])
     labels = torch.tensor([pad(t, -100) for _, _, t in rows])
-    pixels = ImageProcessor.normalize(np.stack([ex.pixels for ex in examples]))
+    pixels = ImageProcessor(cfg.vision.image_size).normalize(np.stack([ex.pixels for ex in examples]))
     x = model.embed(ids)
     features = model.encode_images(torch.from_numpy(pixels))
     x = torch.cat([x[:, :1], features, x[:, 1 + features.shape[1]:]], dim=1)
@@ -175,7 +175,7 @@ def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamp
     together (`groups` calls), so little is spent on padding."""
     cfg = model.config
     n = cfg.num_image_tokens  # prefix: bos, boi, patches (n - 1 slots after bos); eoi starts each row
-    pixels = ImageProcessor.normalize(np.stack([b.pixels for b in batch]))
+    pixels = ImageProcessor(cfg.vision.image_size).normalize(np.stack([b.pixels for b in batch]))
     features = model.encode_images(torch.from_numpy(pixels))  # [U, n, H]
     encoded, image_of_row = [], []
     for u, scene_rows in enumerate(batch):

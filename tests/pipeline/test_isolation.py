@@ -18,6 +18,7 @@ import pipeline.labeling as labeling
 import pipeline.stages as stages
 from model.api import GenerationSettings
 from model.tiny import tiny_config
+from model.processor import ImageProcessor
 from pipeline import schema
 from pipeline.download import Fetcher
 from pipeline.isolation import is_machinery_failure, row_failure, run_split_on_failure
@@ -254,7 +255,7 @@ def test_a_raising_row_is_rejected_alone_in_the_preprocess_stage(monkeypatch, co
 
 
 class AnsweringModel:
-    processor = type("P", (), {"image_size": 2, "normalize": staticmethod(lambda x: x.astype("float32"))})()
+    processor = ImageProcessor(2)
 
     def generate(self, pixels, prompts, image_index, settings):
         from model.api import Generation
