@@ -14,6 +14,12 @@ inference path uses, so what is trained is what is served. Each step draws --bat
 trains every task on each (grounded caption, a ground question per shape, a caption or a
 count); an image's prefix is computed once and shared by its rows through the KV interface,
 as generation shares it (tests/model/toy/test_train.py checks this equals whole-sequence training).
+
+What makes it read the image (without these the first run learned only the answer prior: the
+same loss with shuffled images): position embeddings that start as a unit-scale 2-D table
+(every patch shares one RoPE id, so they are the only "where"), small branch norms in the
+post-norm tower, image tokens that start near unit scale, the tower and adapter frozen for the
+first --freeze-vision steps, and one-shape scenes for the first --single-shape steps.
 """
 
 from __future__ import annotations
@@ -58,14 +64,39 @@ def toy_config(args) -> dict:
     return raw
 
 
-def init_model(cfg: ModelConfig, seed: int) -> CogVLMForCausalLM:
+def grid_positions(grid: int, width: int) -> torch.Tensor:
+    """[1 + grid*grid, width] fixed 2-D sine/cosine table (cls row zero): half the channels code
+    the column, half the row, at unit scale like the patch features."""
+    quarter = width // 4
+    freqs = 1.0 / (grid ** (torch.arange(quarter) / max(1, quarter - 1)))  # wavelengths 2pi .. 2pi*grid
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = [f(c.flatten()[:, None].float() * freqs) for c in (cols, rows) for f in (torch.sin, torch.cos)]
+    table = torch.zeros(1 + grid * grid, width)
+    table[1:, : 4 * quarter] = torch.cat(parts, dim=1)
+    return table
+
+
+def init_model(cfg: ModelConfig, seed: int, branch_scale: float = 0.1, image_token_gain: float = 25.0) -> CogVLMForCausalLM:
+    """Every image token shares one RoPE id (spec), so where a patch is reaches the language model
+    only through the tower's position embeddings: they start as a unit-scale 2-D table, not as
+    0.02 noise that the patch features (std ~1, growing) drown. The tower is post-branch-norm
+    (h + LN(branch(h))): with LN weights of 1 each layer adds unit-variance, mostly
+    image-independent output; a small start (like LayerScale) keeps patch and position intact."""
     torch.manual_seed(seed)
     model = CogVLMForCausalLM(cfg)
     for name, p in model.named_parameters():
-        if name.endswith((".boi", ".eoi", "cls_embedding", "position_embedding.weight", "embed_tokens.weight")):
+        if name.endswith("position_embedding.weight"):
+            p.data.copy_(grid_positions(cfg.vision.grid, p.shape[1]))
+        elif name.endswith((".boi", ".eoi", "cls_embedding", "embed_tokens.weight")):
             torch.nn.init.normal_(p, std=0.02)
+        elif name.endswith("vision.linear_proj.dense_4h_to_h.weight"):
+            # the adapter's gated product of small numbers gives image tokens of std ~0.02, which
+            # the first layers' outputs (averages over the image) then overwrite; start them near 1
+            p.data.mul_(image_token_gain)
         elif name.endswith(("dense.weight", "down_proj.weight", "fc2.weight", "dense_4h_to_h.weight")):
             p.data.mul_(0.5)  # residual outputs start small
+        elif "transformer.layers" in name and name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
+            p.data.fill_(branch_scale)
     return model
 
 
@@ -87,8 +118,8 @@ class SceneExamples:
     rows: list[tuple[str, str]]
 
 
-def draw_scene(rng: random.Random) -> tuple[scenes.Scene, "Image"]:
-    scene = scenes.sample_scene(rng)
+def draw_scene(rng: random.Random, count: int | None = None) -> tuple[scenes.Scene, "Image"]:
+    scene = scenes.sample_scene(rng, count=count)
     factor = min(1.0, RENDER_LONG_SIDE / max(scene.width, scene.height))
     small = scenes.Scene(
         max(1, round(scene.width * factor)), max(1, round(scene.height * factor)), scene.background,
@@ -103,9 +134,9 @@ def draw_scene(rng: random.Random) -> tuple[scenes.Scene, "Image"]:
     return scene, image
 
 
-def make_scene_examples(rng: random.Random, processor: ImageProcessor) -> SceneExamples:
+def make_scene_examples(rng: random.Random, processor: ImageProcessor, count: int | None = None) -> SceneExamples:
     """A grounded caption, a ground question for every shape, and a caption or a count."""
-    scene, image = draw_scene(rng)
+    scene, image = draw_scene(rng, count)
     rows = [(GROUNDED_CAPTION_PROMPT, scene.grounded_caption())]
     rows += [(GROUND_PROMPT.format(expression=rng.choice(ARTICLES) + s.name), scene.box_text(s)) for s in scene.shapes]
     if rng.random() < 0.5:
@@ -299,6 +330,10 @@ def parse_args(argv=None):
     p.add_argument("--intermediate", type=int, default=384)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--branch-scale", type=float, default=0.1, help="initial weight of the tower's branch LayerNorms")
+    p.add_argument("--freeze-vision", type=int, default=300, help="steps before the tower and adapter train")
+    p.add_argument("--single-shape", type=int, default=400, help="steps of one-shape scenes first (curriculum)")
+    p.add_argument("--image-token-gain", type=float, default=25.0, help="initial scale-up of the adapter's output")
     p.add_argument("--time-steps", type=int, default=0, help="only time this many steps and exit")
     return p.parse_args(argv)
 
@@ -313,7 +348,7 @@ def main(argv=None) -> None:
     (args.work / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     tokenizer = load_tokenizer(args.work, None, cfg)
     processor = ImageProcessor(cfg.vision.image_size)
-    model = init_model(cfg, args.seed)
+    model = init_model(cfg, args.seed, args.branch_scale, args.image_token_gain)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
@@ -330,10 +365,16 @@ def main(argv=None) -> None:
     model.train()
     log = open(args.work / "log.txt", "a")
     started, window = time.time(), []
+    vision = [p for n, p in model.named_parameters() if ".vision." in n and not n.endswith((".boi", ".eoi"))]
     while step < args.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
-        loss = scene_batch_loss(model, tokenizer, [make_scene_examples(rng, processor) for _ in range(args.batch)])
+        # the language model first learns to read the random (information-keeping) image features;
+        # trained from the start, the tower collapses them towards a constant the prior prefers
+        for p in vision:
+            p.requires_grad_(step >= args.freeze_vision)
+        count = 1 if step < args.single_shape else None
+        loss = scene_batch_loss(model, tokenizer, [make_scene_examples(rng, processor, count) for _ in range(args.batch)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
