@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import pytest
 from pipeline import schema
 from pipeline.reader import make_key
 from pipeline.writer import CORPUS_DIR, REJECTS_DIR, SHARDS_DIR, STATS_FILE
+from tests.ray_ports import free_port, node_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -53,23 +53,6 @@ ENV = {
     "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "5",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def node_ports() -> list[str]:
-    """Every port a node listens on, free ones, so that other Ray instances on the machine (other
-    tests, other users) never collide with this cluster; workers bind random ports (0, 0)."""
-    return [
-        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        "--min-worker-port=0", "--max-worker-port=0",
-    ]  # fmt: skip
 
 
 class Node:

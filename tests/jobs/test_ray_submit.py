@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.writer import STATS_FILE
+from tests.ray_ports import free_port, node_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -34,12 +34,6 @@ CLUSTER_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     # 127.0.0.2, still loopback: `ray start` swaps 127.0.0.1 for the machine's own address, and
@@ -49,7 +43,7 @@ def ray_head(tmp_path_factory):
     env = CLUSTER_ENV
     cmd = [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.2",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-           f"--temp-dir={temp}", "--disable-usage-stats"]
+           f"--temp-dir={temp}", "--disable-usage-stats", *node_ports()]
     head = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
