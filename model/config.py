@@ -323,6 +323,17 @@ def detect_variant(raw: dict) -> str:
     return COGVLM
 
 
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file that must hold an object; errors name the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return raw
+
+
 def read_config_json(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -333,12 +344,7 @@ def read_config_json(model_dir: str | Path) -> dict:
             f"{model_dir} has no config.json: point at the directory of a CogVLM / CogVLM2 "
             "Hugging Face checkpoint (config.json + *.safetensors)"
         )
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
+    raw = read_json_object(path)
     architectures = raw.get("architectures", [IMAGE_ARCHITECTURE])
     # spec: GLM-4V says ChatGLMModel (misleading, but that is its file); CogAgent says CogAgentForCausalLM
     known = (IMAGE_ARCHITECTURE, VIDEO_ARCHITECTURE, "CogAgentForCausalLM", "ChatGLMModel", "ChatGLMForConditionalGeneration")

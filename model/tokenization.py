@@ -15,12 +15,11 @@ Both classes offer the few members the model code uses, named as in transformers
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
 
-from model.config import CheckpointError
+from model.config import CheckpointError, read_json_object
 
 SPIECE_UNDERLINE = "\u2581"  # sentencepiece's visible space
 SPECIAL_TOKEN_ATTRS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -50,12 +49,7 @@ def read_tokenizer_config(path: Path) -> dict:
         file = path / name
         if not file.is_file():
             continue
-        try:
-            raw = json.loads(file.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read {file}: {e}") from None
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{file} is not a JSON object")
+        raw = read_json_object(file)
         # a null in the config does not hide special_tokens_map's value (as transformers loads them)
         merged.update({k: v for k, v in raw.items() if v is not None or k not in merged})
     return merged
