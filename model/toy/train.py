@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from model.toy import scenes
 CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
 COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
 ARTICLES = ("the ", "the ", "the ", "a ", "")
+TOY_PATCH = 14  # model.tiny's vision patch size
 RENDER_LONG_SIDE = 224  # scenes are drawn this large at most before the model's resize: same look, less work
 
 
@@ -116,6 +118,67 @@ class SceneExamples:
 
     pixels: np.ndarray  # uint8 [3, S, S]
     rows: list[tuple[str, str]]
+    patch_targets: np.ndarray | None = None  # int64 [grid * grid, len(PATCH_FIELDS)], see patch_targets
+
+
+# What each patch should tell the language model about the shape it lies on (training only: a
+# linear probe on the image tokens, dropped when the checkpoint is written). Dense targets like
+# these are what make localization learnable in a CPU budget: from the answer tokens alone the
+# gradient that says "this patch is the red circle's left edge" is a few bits per scene.
+PATCH_CLASSES = {"colour": 1 + len(scenes.COLOURS), "kind": 1 + len(scenes.KINDS), "rank": 4, "count": 3}
+BOX_FIELDS = ("x0", "y0", "x1", "y1")  # the box text's values, 0..999
+BOX_BINS = 100  # a value is learnt as a soft class over bins of 10: the first two digits, which a
+# linear read-out can take from a place code (a linear probe cannot compute a digit of a scalar)
+BOX_SIGMA = 10.0  # of the soft target, in box units
+PATCH_FIELDS = (*PATCH_CLASSES, *BOX_FIELDS)
+
+
+def patch_targets(scene: scenes.Scene, grid: int) -> np.ndarray:
+    """[grid * grid, len(PATCH_FIELDS)]: for a patch on a shape (its cell centre inside the box,
+    or the cell holding the box centre) the shape's colour, kind, left-to-right rank and the
+    values of its box text; the shape count everywhere; -100 (ignored) for box values off the
+    shapes."""
+    colours, kinds = list(scenes.COLOURS), list(scenes.KINDS)
+    out = np.full((grid * grid, len(PATCH_FIELDS)), -100, dtype=np.int64)
+    out[:, 0:3] = 0  # background: no colour, no kind, no rank
+    out[:, 3] = len(scene.shapes) - 1
+    for rank, shape in enumerate(scene.shapes):
+        x0, y0, x1, y1 = (shape.box[0] / scene.width * grid, shape.box[1] / scene.height * grid,
+                          shape.box[2] / scene.width * grid, shape.box[3] / scene.height * grid)
+        cells = {(r, c) for r in range(grid) for c in range(grid) if x0 <= c + 0.5 < x1 and y0 <= r + 0.5 < y1}
+        cells.add((min(grid - 1, int((y0 + y1) / 2)), min(grid - 1, int((x0 + x1) / 2))))
+        values = [int(v) for v in re.findall(r"\d+", scene.box_text(shape))]
+        for r, c in cells:
+            out[r * grid + c, :3] = (1 + colours.index(shape.colour), 1 + kinds.index(shape.kind), 1 + rank)
+            out[r * grid + c, 4:] = values
+    return out
+
+
+class PatchProbe(torch.nn.Module):
+    """Training-only linear heads on the image tokens the language model reads."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.sizes = [*PATCH_CLASSES.values(), *[BOX_BINS] * len(BOX_FIELDS)]
+        self.heads = torch.nn.Linear(hidden, sum(self.sizes))
+        self.register_buffer("centres", (torch.arange(BOX_BINS) + 0.5) * (1000 / BOX_BINS), persistent=False)
+
+    def loss(self, patch_features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """patch_features [U, P, H], targets [U, P, fields] -> mean cross-entropy over fields."""
+        logits = self.heads(patch_features).split(self.sizes, dim=-1)
+        losses = []
+        for i, part in enumerate(logits):
+            target = targets[..., i].flatten()
+            on = target != -100
+            if not on.any():
+                continue
+            part = part.flatten(0, 1)[on]
+            if i < len(PATCH_CLASSES):
+                losses.append(F.cross_entropy(part, target[on]))
+            else:  # soft classes: a Gaussian over the bins around the true value
+                soft = torch.softmax(-((self.centres - target[on, None].float()) ** 2) / (2 * BOX_SIGMA**2), dim=-1)
+                losses.append(-(soft * F.log_softmax(part, dim=-1)).sum(-1).mean())
+        return torch.stack(losses).mean()
 
 
 def draw_scene(rng: random.Random, count: int | None = None) -> tuple[scenes.Scene, "Image"]:
@@ -143,7 +206,7 @@ def make_scene_examples(rng: random.Random, processor: ImageProcessor, count: in
         rows.append((rng.choice(CAPTION_PROMPTS), scene.caption()))
     else:
         rows.append((rng.choice(COUNT_PROMPTS), scene.count()))
-    return SceneExamples(processor.resize(image), rows)
+    return SceneExamples(processor.resize(image), rows, patch_targets(scene, processor.image_size // TOY_PATCH))
 
 
 class NoCache:
@@ -167,6 +230,7 @@ class SharedPrefix:
             return k, v
         pk, pv = self.prefix[layer]
         return torch.cat([pk[self.image_of_row], k], dim=2), torch.cat([pv[self.image_of_row], v], dim=2)
+
 
 
 def encode_rows(tokenizer, cfg, rows: list[tuple[str, str]]):
@@ -200,14 +264,20 @@ def batch_loss(model: CogVLMForCausalLM, tokenizer, examples: list[Example]) -> 
     return F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum") / picked.sum()
 
 
-def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamples], groups: int = 2) -> torch.Tensor:
+def encode_scenes(model: CogVLMForCausalLM, batch: list[SceneExamples]) -> torch.Tensor:
+    pixels = ImageProcessor(model.config.vision.image_size).normalize(np.stack([b.pixels for b in batch]))
+    return model.encode_images(torch.from_numpy(pixels))  # [U, boi + patches + eoi, H]
+
+
+def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamples], groups: int = 2,
+                     features: torch.Tensor | None = None) -> torch.Tensor:
     """The same loss as batch_loss over every row of every scene, but each image's prefix goes
     through the vision tower and the language layers once, and rows of similar length are run
     together (`groups` calls), so little is spent on padding."""
     cfg = model.config
     n = cfg.num_image_tokens  # prefix: bos, boi, patches (n - 1 slots after bos); eoi starts each row
-    pixels = ImageProcessor(cfg.vision.image_size).normalize(np.stack([b.pixels for b in batch]))
-    features = model.encode_images(torch.from_numpy(pixels))  # [U, n, H]
+    if features is None:
+        features = encode_scenes(model, batch)  # [U, n, H]
     encoded, image_of_row = [], []
     for u, scene_rows in enumerate(batch):
         for row in encode_rows(tokenizer, cfg, scene_rows.rows):
@@ -331,9 +401,10 @@ def parse_args(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--branch-scale", type=float, default=0.1, help="initial weight of the tower's branch LayerNorms")
-    p.add_argument("--freeze-vision", type=int, default=300, help="steps before the tower and adapter train")
+    p.add_argument("--freeze-vision", type=int, default=0, help="steps before the tower and adapter train (without the patch probe: 300)")
     p.add_argument("--single-shape", type=int, default=400, help="steps of one-shape scenes first (curriculum)")
     p.add_argument("--image-token-gain", type=float, default=25.0, help="initial scale-up of the adapter's output")
+    p.add_argument("--patch-loss", type=float, default=1.0, help="weight of the training-only patch probe's loss (0: none)")
     p.add_argument("--time-steps", type=int, default=0, help="only time this many steps and exit")
     return p.parse_args(argv)
 
@@ -349,8 +420,10 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args.work, None, cfg)
     processor = ImageProcessor(cfg.vision.image_size)
     model = init_model(cfg, args.seed, args.branch_scale, args.image_token_gain)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    probe = PatchProbe(cfg.hidden_size)
+    named = [*model.named_parameters(), *(("probe." + n, p) for n, p in probe.named_parameters())]
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
     rng = random.Random(args.seed)
     step, best = 0, -1.0
@@ -358,13 +431,14 @@ def main(argv=None) -> None:
     if args.resume and state_file.exists():
         saved = torch.load(state_file, weights_only=False)
         model.load_state_dict(saved["model"])
+        probe.load_state_dict(saved["probe"])
         opt.load_state_dict(saved["opt"])
         rng.setstate(saved["rng"])
         step, best = saved["step"], saved["best"]
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters; {cfg.num_image_tokens} image tokens", flush=True)
     model.train()
     log = open(args.work / "log.txt", "a")
-    started, window = time.time(), []
+    started, window, patch_window = time.time(), [], []
     vision = [p for n, p in model.named_parameters() if ".vision." in n and not n.endswith((".boi", ".eoi"))]
     while step < args.steps:
         for group in opt.param_groups:
@@ -374,24 +448,33 @@ def main(argv=None) -> None:
         for p in vision:
             p.requires_grad_(step >= args.freeze_vision)
         count = 1 if step < args.single_shape else None
-        loss = scene_batch_loss(model, tokenizer, [make_scene_examples(rng, processor, count) for _ in range(args.batch)])
+        batch = [make_scene_examples(rng, processor, count) for _ in range(args.batch)]
+        features = encode_scenes(model, batch)
+        loss = scene_batch_loss(model, tokenizer, batch, features=features)
+        total = loss
+        if args.patch_loss:
+            targets = torch.from_numpy(np.stack([b.patch_targets for b in batch]))
+            patch_loss = probe.loss(features[:, 1:-1], targets)
+            total = loss + args.patch_loss * patch_loss
+            patch_window.append(patch_loss.item())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         step += 1
         window.append(loss.item())
         if step % 10 == 0:
-            line = f"step {step} loss {sum(window) / len(window):.4f} lr {lr_at(step, args):.2e} {time.time() - started:.0f}s"
+            probe_text = f" patch {sum(patch_window) / len(patch_window):.4f}" if patch_window else ""
+            line = f"step {step} loss {sum(window) / len(window):.4f}{probe_text} lr {lr_at(step, args):.2e} {time.time() - started:.0f}s"
             print(line, flush=True)
             log.write(line + "\n")
             log.flush()
-            window = []
+            window, patch_window = [], []
         if args.time_steps and step >= args.time_steps:
             print(f"{(time.time() - started) / step:.2f} s/step")
             return
         if step % args.eval_every == 0 or step == args.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+            torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
             scores = evaluate(model, tokenizer, args.work, 10_000 + step, args.eval_scenes)
             # boxes first; ties (early on, all zero) go to the better all-round model
             score = min(scores["grounded"], scores["ground"]) + 0.01 * (scores["grounded"] + scores["ground"] + scores["count"])
@@ -403,7 +486,7 @@ def main(argv=None) -> None:
                 best = score
                 meta = {"step": step, "seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()}, "eval": scores}
                 write_checkpoint(model, raw, args.out, meta)
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+                torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
 
 
 if __name__ == "__main__":

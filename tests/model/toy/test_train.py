@@ -49,3 +49,35 @@ def test_scenes_and_schedule_are_reproducible(tmp_path):
     # the learning rate of a step does not depend on how long the run was meant to be
     assert [lr_at(s, args) for s in (0, 50, 100, 400)] == [lr_at(s, parse_args(["--steps", "10"])) for s in (0, 50, 100, 400)]
     assert lr_at(400, args) == args.lr / 2
+
+
+def test_patch_targets_name_the_shape_under_each_patch():
+    from model.toy import scenes
+    from model.toy.train import BOX_FIELDS, PATCH_CLASSES, PATCH_FIELDS, PatchProbe, patch_targets
+
+    # a 400 x 200 image, grid 4: cells are 100 x 50 pixels
+    red = scenes.Shape("red", "circle", (0.0, 0.0, 100.0, 100.0))  # covers cells (0, 0) and (1, 0)
+    blue = scenes.Shape("blue", "square", (300.0, 150.0, 340.0, 170.0))  # no cell centre inside: its centre's cell
+    scene = scenes.Scene(400, 200, (255, 255, 255), (red, blue), ((214, 40, 40), (37, 87, 214)))
+    t = patch_targets(scene, 4)
+    col = {name: i for i, name in enumerate(PATCH_FIELDS)}
+    on_red = [0 * 4 + 0, 1 * 4 + 0]
+    on_blue = [3 * 4 + 3]
+    for cell in range(16):
+        row = t[cell]
+        assert row[col["count"]] == 1  # two shapes, everywhere
+        if cell in on_red:
+            assert (row[col["colour"]], row[col["kind"]], row[col["rank"]]) == (1 + list(scenes.COLOURS).index("red"), 1 + scenes.KINDS.index("circle"), 1)
+            assert list(row[[col[f] for f in BOX_FIELDS]]) == [0, 0, 250, 500]  # scene.box_text(red)
+        elif cell in on_blue:
+            assert row[col["rank"]] == 2
+            assert list(row[[col[f] for f in BOX_FIELDS]]) == [750, 750, 850, 850]
+        else:
+            assert list(row[:3]) == [0, 0, 0] and all(row[col[f]] == -100 for f in BOX_FIELDS)
+    assert scene.box_text(red) == "[[000,000,250,500]]" and scene.box_text(blue) == "[[750,750,850,850]]"
+    # the probe's loss is finite with background-only fields skipped, and has a gradient
+    probe = PatchProbe(8)
+    features = torch.randn(1, 16, 8, requires_grad=True)
+    loss = probe.loss(features, torch.from_numpy(t)[None])
+    loss.backward()
+    assert torch.isfinite(loss) and features.grad.abs().sum() > 0 and len(PATCH_CLASSES) == 4
