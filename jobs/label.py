@@ -40,6 +40,7 @@ from pipeline.corpus import (
     start_dedup_index,
     summary,
     url_list_files,
+    write_rows,
 )
 from pipeline.labeling import CAPTION_PRESETS, TASKS, LabelModel, TaskSpec, prepare_for_model
 from pipeline.options import CorpusOptions, OneLineParser, add_corpus_arguments, number
@@ -229,7 +230,8 @@ def run(args) -> dict:
         )
 
     return run_shards(
-        out, shards, lambda run_id, counts: LabelSink(args.output, run_id, counts, args.previews_per_shard), dataset
+        out, shards, lambda run_id, counts: LabelSink(args.output, run_id, counts, args.previews_per_shard),
+        lambda todo, sink: write_rows(dataset(todo), sink, todo),
     )
 
 

@@ -7,6 +7,7 @@ shard from its first row. A killed run costs at most the shards it had in flight
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -128,6 +129,53 @@ def fetch_and_filter(
     )
 
 
+class FetchAndCommit:
+    """The corpus builder's one stage: whole shards in (the reader makes a block of each), each
+    shard's rows fetched and filtered, then its files committed here; a small row per shard out.
+
+    So images never cross between processes, nothing waits in the object store, and a shard is
+    written once, as img2dataset's workers do. A call that got part of a shard (Ray split a
+    block) leaves it to the sink's pieces, which commit it when the rest arrives.
+    """
+
+    def __init__(self, options: CorpusOptions, dedup, sink: ShardSink, batch_rows: int = FETCH_BATCH_ROWS):
+        self.fetch = FetchUnlessRejected(options, dedup)
+        self.sink = sink
+        self.batch_rows = batch_rows
+        # two fetch batches of a shard at a time: one downloads while the other is inspected
+        self.batches = asyncio.Semaphore(2)
+
+    async def _fetch(self, rows: pa.Table) -> pa.Table:
+        async with self.batches:
+            return await self.fetch(rows)
+
+    async def __call__(self, table: pa.Table) -> pa.Table:
+        done = []
+        for shard in sorted(set(table.column(schema.SHARD).to_pylist())):
+            rows = table.filter(pc.equal(table.column(schema.SHARD), shard))
+            parts = await asyncio.gather(*(self._fetch(rows.slice(i, self.batch_rows)) for i in range(0, rows.num_rows, self.batch_rows)))
+            fetched = pa.concat_tables(parts, promote_options="permissive")
+            del parts
+            await asyncio.to_thread(self.sink.write, [fetched], None)
+            done.append((shard, fetched.num_rows))
+        return pa.table({"shard": pa.array([d[0] for d in done], pa.int32()), "rows": pa.array([d[1] for d in done], pa.int64())})
+
+
+def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: ShardSink) -> None:
+    """Run FetchAndCommit over the shards' blocks; returns when every call has finished."""
+    results = ds.map_batches(
+        FetchAndCommit,
+        fn_constructor_args=(options, dedup, sink),
+        batch_size=None,  # a block is a shard
+        batch_format="pyarrow",
+        # two shards per actor: one downloads while the other is written; more only holds images
+        compute=ray.data.ActorPoolStrategy(size=fetch_workers(options), max_tasks_in_flight_per_actor=2),
+        num_cpus=FETCH_ACTOR_CPUS,
+    )
+    for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
+
+
 def url_list_files(input_spec: str, options: CorpusOptions) -> list[InputFile]:
     """The input files, read through once and counted: raises InputError (before Ray starts)
     on a job-level mistake, naming every file that cannot be read."""
@@ -184,11 +232,18 @@ def empty_rows() -> pa.Table:
     return pa.schema(fields).empty_table()
 
 
-def run_shards(out: OutputDir, shards: list[Shard], make_sink, make_dataset) -> dict:
+def write_rows(ds: ray.data.Dataset, sink: ShardSink, todo: list[Shard]) -> None:
+    """Write a dataset whose rows arrive in any order and grouping: the sink gathers each shard."""
+    ds = ds.repartition(target_num_rows_per_block=max(s.num_rows for s in todo))
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+
+
+def run_shards(out: OutputDir, shards: list[Shard], make_sink, process) -> dict:
     """Process every shard not yet committed; returns the totals also written to stats.json.
 
-    make_sink(run_id, counts) -> ShardSink; make_dataset(shards) -> the Dataset of those shards'
-    rows, ready to write.
+    make_sink(run_id, counts) -> ShardSink; process(todo, sink) runs the job over the shards
+    `todo` and commits them through `sink` (write_rows, or a stage that commits, as the corpus
+    builder's FetchAndCommit).
     """
     run_id = out.claim()  # waits out a killed run's last writers before listing what is done
     committed = out.committed()
@@ -201,9 +256,7 @@ def run_shards(out: OutputDir, shards: list[Shard], make_sink, make_dataset) -> 
         sink.commit(shard.index, empty_rows())
     todo = [s for s in todo if s.num_rows]
     if todo:
-        ds = make_dataset(todo)
-        ds = ds.repartition(target_num_rows_per_block=max(s.num_rows for s in todo))
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": LIGHT_TASK_CPUS})
+        process(todo, sink)
     wall = time.monotonic() - started
     missing = [s for s in todo if s.index not in out.committed() and not sink.assemble_if_complete(s.index)]
     if missing:
@@ -230,7 +283,7 @@ def build_corpus(inputs: list[InputFile], output: str, options: CorpusOptions) -
         out,
         shards,
         lambda run_id, counts: CorpusSink(output, run_id, counts),
-        lambda todo: fetch_and_filter(read_url_lists(inputs, options, todo), options, dedup),
+        lambda todo, sink: fetch_and_commit(read_url_lists(inputs, options, todo), options, dedup, sink),
     )
 
 

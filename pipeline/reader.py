@@ -16,7 +16,7 @@ file's rows are cut into shards of --shard-size rows, numbered in input order.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -255,15 +255,12 @@ def check_inputs(files: list[str], columns: ColumnMap) -> list[InputFile]:
 
 @dataclass
 class UrlListDatasource(Datasource):
-    """One read task per input file with shards to do; each row tagged with its shard."""
+    """One read task per input file with shards to do; a block per shard, each row tagged with
+    its shard."""
 
     inputs: list[InputFile]
     columns: ColumnMap
-    shards: list[Shard] = field(default_factory=list)  # the shards to produce (all, or those left)
-
-    def __post_init__(self):
-        if not self.shards:
-            self.shards = cut_shards([f.rows for f in self.inputs], 10**12)
+    shards: list[Shard]  # the shards to produce (all, or those left)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -291,13 +288,16 @@ def _shard_ids(shards: list[Shard], first_row: int, n: int) -> tuple[pa.Array, p
 
 
 def read_shards(source: InputFile, file_index: int, shards: list[Shard], columns: ColumnMap) -> Iterator[pa.Table]:
-    """The rows of the wanted shards of one file, each with its shard index in schema.SHARD."""
+    """The rows of the wanted shards of one file, one table (a block) per shard, each row with
+    its shard index in schema.SHARD: a stage that gets a block gets whole shards."""
     shards = sorted(shards, key=lambda s: s.first_row)
+    size = {s.index: s.num_rows for s in shards}
+    pending: dict[int, list[pa.Table]] = {}
     row = 0
     last = shards[-1].first_row + shards[-1].num_rows
     for record in read_records(source.uri, columns.url_col, source.json_types):
         if row >= last:
-            return
+            break
         if isinstance(record, Malformed):
             table = rejected_rows([make_key(file_index, row)], schema.Reason.MALFORMED_INPUT, [record.message(source.uri)])
         else:
@@ -305,7 +305,15 @@ def read_shards(source: InputFile, file_index: int, shards: list[Shard], columns
         wanted, ids = _shard_ids(shards, row, table.num_rows)
         row += table.num_rows
         table = table.append_column(schema.SHARD, ids).filter(wanted)
-        if table.num_rows:
-            yield table
+        if not table.num_rows:
+            continue
+        shard_of_row = table.column(schema.SHARD).to_numpy()
+        starts = [0, *(np.flatnonzero(np.diff(shard_of_row)) + 1)]  # rows come in file order: runs
+        for start, end in zip(starts, [*starts[1:], table.num_rows]):
+            shard = int(shard_of_row[start])
+            parts = pending.setdefault(shard, [])
+            parts.append(table.slice(start, end - start))
+            if sum(p.num_rows for p in parts) == size[shard]:
+                yield pa.concat_tables(pending.pop(shard), promote_options="permissive")
     if row < last:
         raise storage.StorageError(source.uri, f"has {row} rows now, {source.rows} when the job was planned: the input changed")

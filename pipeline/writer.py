@@ -256,6 +256,14 @@ def shard_stats(kept: pa.Table, rejected: pa.Table) -> dict:
     }
 
 
+def _sorted_by_key(rows: pa.Table) -> pa.Table:
+    """Rows in key order; those that come whole from the reader already are, and are not copied."""
+    keys = rows.column(schema.KEY)
+    if rows.num_rows < 2 or pc.all(pc.greater_equal(keys.slice(1), keys.slice(0, rows.num_rows - 1))).as_py():
+        return rows
+    return rows.sort_by(schema.KEY)
+
+
 def _split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     is_kept = pc.fill_null(pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS), False)
     return table.filter(is_kept), table.filter(pc.invert(is_kept))
@@ -337,7 +345,7 @@ class ShardSink(Datasink):
         if storage.exists(self.out.fs, stats_path):
             return  # committed already (a retried write task): a finished shard is never rewritten
         self._check_owner()
-        rows = rows.sort_by(schema.KEY)
+        rows = _sorted_by_key(rows)
         stats = self.write_shard(name, rows)
         self._check_owner()
         self.out.write(stats_path, json.dumps(stats, indent=1).encode())
@@ -365,29 +373,33 @@ class CorpusSink(ShardSink):
 
     def write_shard(self, name: str, rows: pa.Table) -> dict:
         kept, rejected = _split(rows)
-        images = kept.column(schema.IMAGE_BYTES).to_pylist() if kept.num_rows else []
+        images = kept.column(schema.IMAGE_BYTES) if kept.num_rows else pa.array([], pa.binary())
         kept = typed_rows(kept)
-        samples, failed, messages = [], [], []
-        for i, (row, image) in enumerate(zip(kept.to_pylist(), images)):
-            try:
-                if row[schema.STATUS] != schema.Status.SUCCESS:
-                    raise _AlreadyRejected()
-                samples.append(tar_members(row, image))
-            except _AlreadyRejected:
-                failed.append(i)
-                messages.append(row[schema.ERROR_MESSAGE])
-            except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
-                failed.append(i)
-                messages.append(f"writing the sample: {_error_text(e)}")
+        failed, messages = [], []
+
+        def samples():  # one image's bytes in Python at a time: the tar streams out
+            for i, row in enumerate(kept.to_pylist()):
+                try:
+                    if row[schema.STATUS] != schema.Status.SUCCESS:
+                        raise _AlreadyRejected()
+                    yield tar_members(row, images[i].as_py())
+                except _AlreadyRejected:
+                    failed.append(i)
+                    messages.append(row[schema.ERROR_MESSAGE])
+                except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
+                    failed.append(i)
+                    messages.append(f"writing the sample: {_error_text(e)}")
+
+        self.out.write(self.out.shard_file(CORPUS_DIR, name, ".tar"), lambda stream: write_tar(samples(), stream))
         if failed:
-            is_failed = pa.array([i in set(failed) for i in range(kept.num_rows)])
+            failed_rows = set(failed)
+            is_failed = pa.array([i in failed_rows for i in range(kept.num_rows)])
             moved = kept.filter(is_failed)
             moved = metadata_table(reject_as_internal(moved, messages))
             kept = kept.filter(pc.invert(is_failed))
             rejected = pa.concat_tables([typed_rows(rejected), moved], promote_options="permissive")
         else:
             rejected = typed_rows(rejected)
-        self.out.write(self.out.shard_file(CORPUS_DIR, name, ".tar"), lambda stream: write_tar(samples, stream))
         self._parquet(CORPUS_DIR, name, kept)
         self._parquet(REJECTS_DIR, name, rejected.sort_by(schema.KEY) if rejected.num_rows else rejected)
         return shard_stats(kept, rejected)

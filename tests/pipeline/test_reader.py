@@ -121,13 +121,17 @@ def test_missing_url_column_fails_fast_naming_the_fix(tmp_path):
     check_inputs([path], ColumnMap())
 
 
-def test_large_file_streams_in_blocks(tmp_path):
+def test_a_block_is_a_whole_shard(tmp_path):
+    # the file is read in record batches of ROWS_PER_BLOCK, which cross shard edges
     rows = [{"url": f"http://a/{i}.jpg"} for i in range(2500)]
     path = write(tmp_path / "big.parquet", "parquet", rows)
-    (task,) = UrlListDatasource(plan_inputs([path], ColumnMap()), ColumnMap()).get_read_tasks(1)
+    inputs = plan_inputs([path], ColumnMap())
+    (task,) = UrlListDatasource(inputs, ColumnMap(), cut_shards([2500], 700)).get_read_tasks(1)
     blocks = list(task())
-    assert len(blocks) == 3 and sum(b.num_rows for b in blocks) == 2500
-    assert blocks[2].column(schema.KEY)[0].as_py() == make_key(0, 2048)
+    assert [b.num_rows for b in blocks] == [700, 700, 700, 400]
+    for i, block in enumerate(blocks):
+        assert set(block.column(schema.SHARD).to_pylist()) == {i}
+        assert block.column(schema.KEY).to_pylist() == [make_key(0, r) for r in range(700 * i, 700 * i + block.num_rows)]
 
 
 # --- untrusted input files (issue 12 item 3) -------------------------------------------------
