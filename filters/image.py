@@ -21,6 +21,10 @@ with the claimed size in the message. Orientation is applied exactly once: by us
 EXIF tag, except for formats whose Pillow plugin already reports and loads frames upright
 (TIFF since Pillow 11; measured at import, see `_ORIENTED_BY_PILLOW`). Only the first frame
 is ever read: nothing here counts or walks the frames of an animation.
+
+`can_resize_from_bytes` says, from the header alone, when another decoder (cv2, in
+img2dataset's resizer) would read the bytes as the same pixels `decode_image` makes, so that
+the Pillow decode can be skipped.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}  # modes PNG stores exactly as they are
 _WHITE = (255, 255, 255, 255)
 _SCALABLE_FORMATS = {"JPEG", "MPO"}  # libjpeg can decode these at 1/2, 1/4 or 1/8 scale
+_PLAIN_DECODE_FORMATS = {"JPEG", "MPO", "PNG"}  # see `can_resize_from_bytes`
+_PNG_IHDR_BIT_DEPTH = 24  # signature (8), chunk length (4), b"IHDR" (4), width (4), height (4)
 
 # Pillow's process-wide switch that makes truncated files decode without error. Should
 # anything in the process turn it on, every row fails loudly rather than truncated
@@ -100,6 +106,11 @@ class ImageInfo:
     stored_height: int
     mode: str
     orientation: int  # EXIF orientation 1..8 still to apply after loading; 1 when none is
+    # Bits per sample the file stores, where its header says (JPEG's frame header, PNG's IHDR);
+    # None for other formats. Pillow's mode hides it: a 16-bit RGB PNG opens as "RGB", 2- and
+    # 4-bit greyscale as "L".
+    sample_bits: int | None = None
+    transparency: bool = False  # a transparent colour or palette entry (PNG tRNS, GIF, ...)
 
     @property
     def width(self) -> int:
@@ -132,11 +143,32 @@ def probe_image(data: bytes) -> ImageInfo | Finding:
             stored_height=height,
             mode=im.mode,
             orientation=1 if im.format in _ORIENTED_BY_PILLOW else _orientation(im),
+            sample_bits=_sample_bits(im, data),
+            transparency="transparency" in im.info,
         )
     except Image.DecompressionBombError as e:  # raised by plugins that guard inside their parser
         return _refused(e)
     except Exception as e:  # a plugin recognised the file but its header is broken
         return Finding(Problem.BROKEN_IMAGE, f"unreadable image header: {_error(e)}")
+
+
+def can_resize_from_bytes(info: ImageInfo) -> bool:
+    """True when a plain decoder (cv2.imdecode, which img2dataset's resizer uses) reads these
+    bytes as the pixels `decode_image` makes: JPEG (MPO: its first image) or PNG, 8 bits per
+    sample, greyscale or RGB, nothing transparent, no EXIF orientation to apply. (Greyscale
+    stays one channel there; `decode_image` makes RGB of it.)
+
+    Everything else (CMYK, alpha, palette, tRNS, 16-bit or 1/2/4-bit samples, rotated images,
+    other formats) needs `decode_image` first. Decides from the header alone: truncation is
+    not judged here (see `verify_decodes`).
+    """
+    return (
+        info.format in _PLAIN_DECODE_FORMATS
+        and info.mode in ("RGB", "L")
+        and info.sample_bits == 8
+        and not info.transparency
+        and info.orientation == 1
+    )
 
 
 def check_size(info: ImageInfo, min_image_size: int) -> Finding | None:
@@ -254,6 +286,15 @@ def _open_header(data: bytes) -> ImageFile.ImageFile | None:
                 return factory(io.BytesIO(data), "")
         except (SyntaxError, IndexError, TypeError, struct.error):
             continue
+    return None
+
+
+def _sample_bits(im: ImageFile.ImageFile, data: bytes) -> int | None:
+    """Bits per sample from the header: JPEG's frame header (Pillow opens 8-bit only), PNG's IHDR."""
+    if im.format in _SCALABLE_FORMATS:
+        return getattr(im, "bits", None)
+    if im.format == "PNG" and data[12:16] == b"IHDR" and len(data) > _PNG_IHDR_BIT_DEPTH:
+        return data[_PNG_IHDR_BIT_DEPTH]
     return None
 
 

@@ -16,6 +16,8 @@ from pipeline.download import DownloadOptions
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 # What to do with decodable images that are not JPEG, PNG, WebP or GIF (BMP, TIFF, PPM, ...).
 OTHER_FORMATS = ("png", "reject")
+# How kept images are checked for pixel data that does not decode (truncated or corrupt files).
+DECODE_CHECKS = ("full", "none")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class CorpusOptions:
     min_caption_words: int = 0
     max_caption_length: int | None = None
     dedup: bool = False
+    decode_check: str = "full"
     # outputs
     resize: str = "no"
     other_formats: str = "png"
@@ -131,6 +134,19 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-caption-words", dest="min_caption_words", type=number(int, at_least=0), default=d.min_caption_words, help="(default: %(default)s)")
     g.add_argument("--max-caption-length", dest="max_caption_length", type=_positive(int), default=d.max_caption_length, help="in characters (default: no limit)")
     g.add_argument("--dedup", action="store_true", help="keep one copy of images with identical bytes (sha256)")
+    g.add_argument(
+        "--decode-check",
+        dest="decode_check",
+        choices=DECODE_CHECKS,
+        default=d.decode_check,
+        help="'full' decodes every image kept as downloaded to its last byte (JPEGs at 1/8 scale in greyscale) and"
+        " rejects truncated image data as decode_error; 'none' keeps the bytes after the header checks (format,"
+        " size, aspect ratio, area) without decoding any pixels, like img2dataset's --disable_all_reencoding:"
+        " truncated or corrupt image data is NOT caught and is stored as downloaded. With --resize, 'none' also"
+        " skips the check before plain JPEG/PNG (8-bit RGB or greyscale, upright) go to the resizer, whose own"
+        " decode (cv2) then decides; images Pillow decodes anyway (re-encoded to PNG, or resized from a Pillow"
+        " decode) are always checked (default: %(default)s)",
+    )
 
     g = parser.add_argument_group("output")
     g.add_argument("--resize", choices=RESIZE_MODES, default=d.resize, help="img2dataset resize mode; 'no' keeps the original bytes (default: %(default)s)")

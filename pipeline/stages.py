@@ -25,6 +25,8 @@ from filters.dedup import content_sha256, duplicate_finding
 from filters.findings import Finding
 from filters.image import (
     STORED_FORMATS,
+    ImageInfo,
+    can_resize_from_bytes,
     check_area,
     check_aspect_ratio,
     check_size,
@@ -81,7 +83,10 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
     """Header checks first (cheap, and bombs are never decoded), then a decode check.
 
     Kept bytes are always JPEG, PNG, WebP or GIF: other formats are re-encoded to PNG (or,
-    with --other-formats reject, rejected), and --resize makes JPEG.
+    with --other-formats reject, rejected), and --resize makes JPEG. With --decode-check none,
+    bytes stored as downloaded are never decoded. With --resize, plain JPEG/PNG (see
+    `can_resize_from_bytes`) go to the resizer as downloaded, after the cheap `verify_decodes`
+    (what cv2 makes of a truncated file depends on its version); the rest is decoded by Pillow.
     """
     result = RowResult(values={schema.SHA256: content_sha256(data)})
     info = probe_image(data)
@@ -109,8 +114,9 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
     if result.rejection:
         return result
     result.values.update({schema.WIDTH: info.width, schema.HEIGHT: info.height})
+    check_decodes = options.decode_check == "full"
     if resizer is None and stored_as_is:
-        result.rejection = Rejection.of(verify_decodes(data, info))
+        result.rejection = Rejection.of(verify_decodes(data, info)) if check_decodes else None
         result.image = None if result.rejection else data
         return result
     if resizer is None:
@@ -121,19 +127,39 @@ def inspect_image(data: bytes, options: CorpusOptions, resizer=None) -> RowResul
         result.image = png
         result.values[schema.IMAGE_FORMAT] = "PNG"
         return result
-    image = decode_image(data, info)
-    if isinstance(image, Finding):
-        result.rejection = Rejection.of(image)
+    resized = resize(data, info, resizer, check_decodes)
+    if isinstance(resized, Rejection):
+        result.rejection = resized
         return result
-    bmp = io.BytesIO()
-    image.save(bmp, format="BMP")  # lossless hand-over of our oriented RGB decode
-    resized, width, height, _, _, error = resizer(bmp)
-    if error:
-        result.rejection = Rejection(Reason.DECODE_ERROR, f"resize failed: {error}")
-        return result
-    result.image = resized
+    result.image, width, height = resized
     result.values.update({schema.WIDTH: width, schema.HEIGHT: height, schema.IMAGE_FORMAT: "JPEG"})
     return result
+
+
+def resize(data: bytes, info: ImageInfo, resizer, check_decodes: bool = True, from_bytes: bool | None = None):
+    """(jpeg, width, height) from img2dataset's resizer, or the Rejection that stopped it.
+
+    `from_bytes` (by default `can_resize_from_bytes(info)`) hands the resizer the bytes as
+    downloaded, after `verify_decodes` unless `check_decodes` is off; otherwise it gets a BMP of
+    `decode_image`'s upright RGB (Pillow decodes, then cv2 decodes the BMP again).
+    """
+    if from_bytes is None:
+        from_bytes = can_resize_from_bytes(info)
+    if from_bytes:
+        finding = verify_decodes(data, info) if check_decodes else None
+        if finding is not None:
+            return Rejection.of(finding)
+        source = io.BytesIO(data)
+    else:
+        image = decode_image(data, info)
+        if isinstance(image, Finding):
+            return Rejection.of(image)
+        source = io.BytesIO()
+        image.save(source, format="BMP")  # lossless hand-over of our oriented RGB decode
+    resized, width, height, _, _, error = resizer(source)
+    if error:
+        return Rejection(Reason.DECODE_ERROR, f"resize failed: {error}")
+    return resized, width, height
 
 
 def typed_column(name: str, values: list, type_: pa.DataType, results: list[RowResult]) -> pa.Array:

@@ -138,3 +138,39 @@ def truncated_animated_gif(width: int = 64, height: int = 48) -> bytes:
     data = animated_gif(width, height, frames=3)
     second = data.index(b"\x21\xf9\x04", data.index(b"\x21\xf9\x04") + 1)  # its graphic control block
     return data[: second + 30]
+
+
+def grey_jpeg(width: int = 64, height: int = 48) -> bytes:
+    return encode(rgb(width, height).convert("L"), "JPEG", quality=90)
+
+
+def grey_png(width: int = 64, height: int = 48) -> bytes:
+    return encode(rgb(width, height).convert("L"), "PNG")
+
+
+def grey4_png(width: int = 64, height: int = 48) -> bytes:
+    """4 bits per sample: Pillow opens it as mode L, scaling 0..15 to 0..255."""
+    return encode(rgb(width, height).convert("L"), "PNG", bits=4)
+
+
+def trns_png(width: int = 64, height: int = 48) -> bytes:
+    """RGB with a tRNS chunk: the colour (0, 0, 0) is transparent, the mode is still RGB."""
+    return encode(rgb(width, height), "PNG", transparency=(0, 0, 0))
+
+
+def rgb16_png(width: int = 64, height: int = 48) -> bytes:
+    """16 bits per RGB sample, written by hand (Pillow cannot save it and opens it as mode RGB)."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    samples = (_pattern(width, height).astype(">u2") * 257).tobytes()
+    stride = width * 6
+    raw = b"".join(b"\x00" + samples[y * stride : (y + 1) * stride] for y in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def mpo(width: int = 64, height: int = 48) -> bytes:
+    """A multi-picture JPEG (two images); Pillow names it MPO."""
+    return encode(rgb(width, height), "MPO", save_all=True, append_images=[rgb(width, height).rotate(90)])

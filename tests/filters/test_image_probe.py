@@ -1,9 +1,10 @@
+import dataclasses
 import random
 
 import pytest
 from PIL import Image
 
-from filters.image import ImageInfo, decode_image, probe_image
+from filters.image import ImageInfo, can_resize_from_bytes, decode_image, probe_image
 from filters.findings import Finding, Problem
 from tests import images
 
@@ -14,38 +15,102 @@ def _encode_with_orientation(fmt: str, orientation: int) -> bytes:
     return images.encode(images.rgb(80, 40), fmt, exif=exif.tobytes())
 
 
-# factory, format, stored (w, h), displayed (w, h), mode, orientation
+# factory, format, stored (w, h), displayed (w, h), mode, orientation, bits per sample, transparency
 PROBE_CASES = [
-    ("jpeg", images.jpeg, "JPEG", (64, 48), (64, 48), "RGB", 1),
-    ("png", images.png, "PNG", (64, 48), (64, 48), "RGB", 1),
-    ("webp", images.webp, "WEBP", (64, 48), (64, 48), "RGB", 1),
-    ("cmyk_jpeg", images.cmyk_jpeg, "JPEG", (64, 48), (64, 48), "CMYK", 1),
-    ("palette_png", images.palette_png, "PNG", (64, 48), (64, 48), "P", 1),
-    ("transparent_palette_png", images.transparent_palette_png, "PNG", (64, 48), (64, 48), "P", 1),
-    ("rgba_png", images.rgba_png, "PNG", (64, 48), (64, 48), "RGBA", 1),
-    ("la_png", images.la_png, "PNG", (64, 48), (64, 48), "LA", 1),
-    ("png16", images.png16, "PNG", (64, 48), (64, 48), "I;16", 1),
-    ("animated_gif", lambda: images.animated_gif(frames=3), "GIF", (64, 48), (64, 48), "P", 1),
-    ("exif_6", images.exif_rotated_jpeg, "JPEG", (80, 40), (40, 80), "RGB", 6),
-    ("exif_3", lambda: images.exif_rotated_jpeg(orientation=3), "JPEG", (80, 40), (80, 40), "RGB", 3),
-    ("png_exif_8", lambda: _encode_with_orientation("PNG", 8), "PNG", (80, 40), (40, 80), "RGB", 8),
-    ("webp_exif_5", lambda: _encode_with_orientation("WEBP", 5), "WEBP", (80, 40), (40, 80), "RGB", 5),
-    ("progressive_jpeg", images.progressive_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1),
+    ("jpeg", images.jpeg, "JPEG", (64, 48), (64, 48), "RGB", 1, 8, False),
+    ("png", images.png, "PNG", (64, 48), (64, 48), "RGB", 1, 8, False),
+    ("webp", images.webp, "WEBP", (64, 48), (64, 48), "RGB", 1, None, False),
+    ("cmyk_jpeg", images.cmyk_jpeg, "JPEG", (64, 48), (64, 48), "CMYK", 1, 8, False),
+    ("grey_jpeg", images.grey_jpeg, "JPEG", (64, 48), (64, 48), "L", 1, 8, False),
+    ("grey_png", images.grey_png, "PNG", (64, 48), (64, 48), "L", 1, 8, False),
+    ("grey4_png", images.grey4_png, "PNG", (64, 48), (64, 48), "L", 1, 4, False),  # mode L hides the 4 bits
+    ("rgb16_png", images.rgb16_png, "PNG", (64, 48), (64, 48), "RGB", 1, 16, False),  # mode RGB hides the 16 bits
+    ("trns_png", images.trns_png, "PNG", (64, 48), (64, 48), "RGB", 1, 8, True),
+    ("palette_png", images.palette_png, "PNG", (64, 48), (64, 48), "P", 1, 8, False),
+    ("transparent_palette_png", images.transparent_palette_png, "PNG", (64, 48), (64, 48), "P", 1, 1, True),
+    ("rgba_png", images.rgba_png, "PNG", (64, 48), (64, 48), "RGBA", 1, 8, False),
+    ("la_png", images.la_png, "PNG", (64, 48), (64, 48), "LA", 1, 8, False),
+    ("png16", images.png16, "PNG", (64, 48), (64, 48), "I;16", 1, 16, False),
+    ("animated_gif", lambda: images.animated_gif(frames=3), "GIF", (64, 48), (64, 48), "P", 1, None, False),
+    ("mpo", images.mpo, "MPO", (64, 48), (64, 48), "RGB", 1, 8, False),
+    ("exif_6", images.exif_rotated_jpeg, "JPEG", (80, 40), (40, 80), "RGB", 6, 8, False),
+    ("exif_3", lambda: images.exif_rotated_jpeg(orientation=3), "JPEG", (80, 40), (80, 40), "RGB", 3, 8, False),
+    ("png_exif_8", lambda: _encode_with_orientation("PNG", 8), "PNG", (80, 40), (40, 80), "RGB", 8, 8, False),
+    ("webp_exif_5", lambda: _encode_with_orientation("WEBP", 5), "WEBP", (80, 40), (40, 80), "RGB", 5, None, False),
+    ("progressive_jpeg", images.progressive_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 8, False),
     # Only the pixel data is cut: the header is intact, so the probe passes.
-    ("truncated_jpeg", images.truncated_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1),
+    ("truncated_jpeg", images.truncated_jpeg, "JPEG", (256, 256), (256, 256), "RGB", 1, 8, False),
 ]
 
 
 @pytest.mark.parametrize(
-    "make, fmt, stored, displayed, mode, orientation",
+    "make, fmt, stored, displayed, mode, orientation, bits, transparency",
     [case[1:] for case in PROBE_CASES],
     ids=[case[0] for case in PROBE_CASES],
 )
-def test_probe_reads_header(make, fmt, stored, displayed, mode, orientation):
+def test_probe_reads_header(make, fmt, stored, displayed, mode, orientation, bits, transparency):
     info = probe_image(make())
-    assert info == ImageInfo(fmt, stored[0], stored[1], mode, orientation)
+    assert info == ImageInfo(fmt, stored[0], stored[1], mode, orientation, bits, transparency)
     assert (info.width, info.height) == displayed
     assert info.pixels == stored[0] * stored[1]
+
+
+# Which images a plain decoder (cv2, in img2dataset's resizer) reads as decode_image would: the
+# header alone decides, so a truncated file still says True (verify_decodes catches it).
+FROM_BYTES = {
+    "jpeg": True,
+    "png": True,
+    "grey_jpeg": True,
+    "grey_png": True,
+    "mpo": True,  # its first image is a plain JPEG, which is what cv2 decodes
+    "progressive_jpeg": True,
+    "truncated_jpeg": True,
+    "webp": False,  # not JPEG or PNG
+    "webp_exif_5": False,
+    "animated_gif": False,
+    "cmyk_jpeg": False,
+    "grey4_png": False,
+    "rgb16_png": False,
+    "trns_png": False,
+    "palette_png": False,
+    "transparent_palette_png": False,
+    "rgba_png": False,
+    "la_png": False,
+    "png16": False,
+    "exif_6": False,
+    "exif_3": False,
+    "png_exif_8": False,
+}
+
+
+def test_from_bytes_table_covers_every_probe_case():
+    assert set(FROM_BYTES) == {case[0] for case in PROBE_CASES}
+
+
+@pytest.mark.parametrize("name", sorted(FROM_BYTES))
+def test_can_resize_from_bytes(name):
+    make = next(case[1] for case in PROBE_CASES if case[0] == name)
+    assert can_resize_from_bytes(probe_image(make())) is FROM_BYTES[name]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({}, True),
+        ({"format": "WEBP"}, False),
+        ({"mode": "CMYK"}, False),
+        ({"mode": "P"}, False),
+        ({"mode": "RGBA"}, False),
+        ({"mode": "I;16"}, False),
+        ({"sample_bits": 16}, False),
+        ({"sample_bits": None}, False),  # unknown depth: Pillow decides
+        ({"transparency": True}, False),
+        *(({"orientation": n}, False) for n in range(2, 9)),
+    ],
+)
+def test_can_resize_from_bytes_needs_every_condition(change, expected):
+    plain = ImageInfo("JPEG", 64, 48, "RGB", 1, 8, False)
+    assert can_resize_from_bytes(dataclasses.replace(plain, **change)) is expected
 
 
 @pytest.mark.parametrize("orientation", [0, 9, 255])

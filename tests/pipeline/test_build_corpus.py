@@ -150,16 +150,23 @@ def test_dedup_keeps_one_copy_of_identical_bytes(tmp_path, http_server):
     assert all(any(k in m for k in owners) for m in rejected.column(schema.ERROR_MESSAGE).to_pylist())
 
 
-def test_resize_uses_img2dataset_modes(tmp_path, http_server):
-    urls = [http_server.url("/img/exif-rotated.jpg"), http_server.url("/img/rgba.png")]
-    pq.write_table(pa.table({"url": urls}), tmp_path / "in.parquet")
+def test_resize_uses_img2dataset_modes(tmp_path, http_server, capsys):
+    # Decoded by Pillow first (rotated, alpha), resized from the downloaded bytes (plain), truncated.
+    paths = ["/img/exif-rotated.jpg", "/img/rgba.png", "/img/jpeg.jpg", "/img/png.png", "/img/truncated.jpg"]
+    pq.write_table(pa.table({"url": [http_server.url(p) for p in paths]}), tmp_path / "in.parquet")
     out = str(tmp_path / "out")
-    flags = [*JOB_FLAGS, "--resize", "center_crop", "--image-size", "32"]
-    assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", out, *flags]) == 0
-    kept, _ = read_outputs(out)
-    rows = kept.to_pylist()
-    assert [(r[schema.WIDTH], r[schema.HEIGHT], r[schema.IMAGE_FORMAT]) for r in rows] == [(32, 32, "JPEG")] * 2
+    flags = ["--input", str(tmp_path / "in.parquet"), "--output", out, *JOB_FLAGS, "--resize", "center_crop", "--image-size", "32"]
+    assert build_corpus.main(flags) == 0
+    kept, rejected = read_outputs(out)
+    rows = sorted(kept.to_pylist(), key=lambda r: r[schema.KEY])
+    assert [(r[schema.WIDTH], r[schema.HEIGHT], r[schema.IMAGE_FORMAT]) for r in rows] == [(32, 32, "JPEG")] * 4
     assert (rows[0][schema.ORIGINAL_WIDTH], rows[0][schema.ORIGINAL_HEIGHT]) == (40, 80)
+    assert rejected.column(schema.REASON).to_pylist() == [R.DECODE_ERROR]
+    assert json.load(open(os.path.join(out, "settings.json")))["decode_check"] == "full"
+    # --decode-check shapes the rows: another value into the same output is refused.
+    capsys.readouterr()
+    assert build_corpus.main([*flags, "--decode-check", "none"]) == 2
+    assert 'decode_check: "full" -> "none"' in capsys.readouterr().err
 
 
 def test_missing_url_column_fails_fast(tmp_path, capsys):

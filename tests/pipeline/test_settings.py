@@ -50,6 +50,7 @@ CHANGES = [
     ({"min_image_size": 32}, "min_image_size: 64 -> 32"),
     ({"other_formats": "reject"}, 'other_formats: "png" -> "reject"'),
     ({"dedup": True}, "dedup: false -> true"),
+    ({"decode_check": "none"}, 'decode_check: "full" -> "none"'),
     ({"allow_networks": ("10.0.0.0/8",)}, 'allow_networks: [] -> ["10.0.0.0/8"]'),
     ({"max_aspect_ratio": 3.0}, "max_aspect_ratio: 6.0 -> 3.0"),
 ]
