@@ -19,9 +19,10 @@ per contender, shows what that fixed cost is. Contenders:
     img2dataset-no-reencode    --disable_all_reencoding True: original bytes, never decoded
     ours-resize                ours with --resize border --image-size 256, the like-for-like of
                                img2dataset's default
+    ours-no-check              ours with --decode-check none: original bytes after the header
+                               probe, never decoded; the like-for-like of --disable_all_reencoding
     ours-tuned                 ours through benchmarks/tuned_job.py with --tuned-settings (Ray and
-                               Ray Data settings, or the decode check skipped): levers measured
-                               before they go into the code
+                               Ray Data settings): levers measured before they go into the code
 
 Needs nginx (Debian: apt-get install -y nginx) and img2dataset in the environment.
 """
@@ -56,13 +57,14 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "_work"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "download.md"
-CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize", "ours-tuned")
+CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize", "ours-no-check", "ours-tuned")
 TUNED_JOB = ROOT / "benchmarks" / "tuned_job.py"
 # (ours, theirs): the throughput ratios reported, each ours / theirs.
 RATIOS = (
     ("ours", "img2dataset"),
     ("ours", "img2dataset-no-reencode"),
     ("ours-resize", "img2dataset"),
+    ("ours-no-check", "img2dataset-no-reencode"),
     ("ours-tuned", "img2dataset-no-reencode"),
 )
 SAMPLE_SECONDS = 0.2
@@ -323,6 +325,8 @@ def command(contender: str, url_list: Path, output: Path, budget: Budget) -> lis
         ]  # fmt: skip
         if contender == "ours-tuned":
             cmd[1:3] = [str(TUNED_JOB)]
+        if contender == "ours-no-check":
+            cmd += ["--decode-check", "none"]
         return cmd + (["--resize", "border", "--image-size", "256"] if contender == "ours-resize" else [])
     cmd = [
         img2dataset_binary(),
@@ -480,6 +484,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "ours-resize": "decodes, resizes to 256 (border), re-encodes JPEG",
         "img2dataset": "default: decodes, resizes to 256 (border), re-encodes JPEG q95",
         "img2dataset-no-reencode": "`--disable_all_reencoding True`: original bytes, never decoded",
+        "ours-no-check": "`--decode-check none`: original bytes after the header probe, never decoded",
         "ours-tuned": f"ours with `{args.tuned_settings}`",
     }
     for contender, run in best.items():
@@ -535,7 +540,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--urls", type=int, default=20_000, help="list size for the throughput comparison (default: %(default)s)")
     parser.add_argument("--sizes", type=_sizes, default=[20_000, 100_000], help="list sizes for peak memory, comma-separated (default: 20000,100000)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS[:4]), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all but ours-tuned)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS[:5]), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all but ours-tuned)")
     parser.add_argument("--memory-contenders", default="ours,img2dataset-no-reencode", help="who also runs at every --sizes (default: %(default)s)")
     parser.add_argument("--startup-rows", type=int, default=200, help="a list this small, run once per contender, shows start-up and shut-down cost; 0: skip (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender at --urls (default: %(default)s)")
@@ -546,7 +551,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--distinct-images", type=int, default=500, help="distinct JPEGs generated (default: %(default)s)")
     parser.add_argument("--missing-fraction", type=float, default=0.1, help="share of URLs that 404 (default: %(default)s)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="images, lists, nginx files, logs (default: benchmarks/_work)")
-    parser.add_argument("--tuned-settings", default='{"skip_decode_check": true}', help="JSON settings of ours-tuned, see benchmarks/tuned_job.py (default: %(default)s)")
+    parser.add_argument("--tuned-settings", default='{}', help="JSON settings of ours-tuned, see benchmarks/tuned_job.py (default: %(default)s)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="markdown written here (default: benchmarks/results/download.md)")
     args = parser.parse_args(argv)
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]

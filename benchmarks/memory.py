@@ -96,7 +96,7 @@ def cmdline(pid: int) -> str:
 def group(pid: int, root: int, line: str) -> str:
     if pid == root:
         return "driver"
-    if "FetchAndFilter" in line:
+    if "FetchAndCommit" in line or "FetchAndFilter" in line:  # the corpus stage; jobs.label's fetch stage
         return "fetch actors"
     if line.startswith("ray::_"):
         return "Ray Data helpers"  # _StatsActor, _AutoscalingCoordinatorActor: one each per job

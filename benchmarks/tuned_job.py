@@ -14,9 +14,6 @@ Settings (JSON object, every key optional):
     max_concurrency          the fetch actors' Ray max_concurrency
     light_task_cpus          pipeline.corpus.LIGHT_TASK_CPUS: the CPUs each read/write task reserves,
                              which caps how many run (each in a worker process of its own) at once
-    skip_decode_check        true: the fetch stage keeps original bytes after the header probe
-                             without decoding them (what img2dataset --disable_all_reencoding does);
-                             patched in every Ray worker through a worker_process_setup_hook
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ SETTINGS_ENV = "COGSCALE_BENCH_SETTINGS"
 KNOWN = {
     "object_store_memory", "num_workers_soft_limit", "target_max_block_size", "data_object_store_limit",
     "fetch_batch_rows", "max_tasks_in_flight_per_actor", "max_concurrency", "light_task_cpus",
-    "skip_decode_check",
 }  # fmt: skip
 
 
@@ -48,8 +44,6 @@ def apply(settings: dict) -> None:
     original_init = ray.init
 
     def init(*args, **kwargs):
-        if settings.get("skip_decode_check"):
-            kwargs["runtime_env"] = {**(kwargs.get("runtime_env") or {}), "worker_process_setup_hook": "benchmarks.tuned_job.setup_worker"}
         if "object_store_memory" in settings:
             kwargs["object_store_memory"] = int(settings["object_store_memory"])
         if "num_workers_soft_limit" in settings:
@@ -83,22 +77,11 @@ def apply(settings: dict) -> None:
         map_batches = ray.data.Dataset.map_batches
 
         def tuned_map_batches(self, fn, *args, **kwargs):
-            if getattr(fn, "__name__", "") == "FetchAndFilter":
+            if getattr(fn, "__name__", "") == "FetchAndCommit":
                 kwargs["max_concurrency"] = int(settings["max_concurrency"])
             return map_batches(self, fn, *args, **kwargs)
 
         ray.data.Dataset.map_batches = tuned_map_batches
-
-
-def setup_worker() -> None:
-    """Runs in every Ray worker before it takes work (the settings come in its environment)."""
-    settings = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
-    if settings.get("skip_decode_check"):
-        import pipeline.stages
-
-        if not hasattr(pipeline.stages, "verify_decodes"):
-            raise RuntimeError("pipeline.stages no longer calls verify_decodes; update benchmarks/tuned_job.py")
-        pipeline.stages.verify_decodes = lambda data, info: None
 
 
 def main() -> int:

@@ -165,7 +165,7 @@ def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: 
     """Run FetchAndCommit over the shards' blocks; returns when every call has finished."""
     results = ds.map_batches(
         FetchAndCommit,
-        fn_constructor_args=(options, dedup, sink),
+        fn_constructor_args=(options, dedup, sink, FETCH_BATCH_ROWS),
         batch_size=None,  # a block is a shard
         batch_format="pyarrow",
         # two shards per actor: one downloads while the other is written; more only holds images

@@ -38,6 +38,7 @@ import uuid
 from collections import Counter
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -264,8 +265,12 @@ def _sorted_by_key(rows: pa.Table) -> pa.Table:
     return rows.sort_by(schema.KEY)
 
 
+def _is_kept(table: pa.Table) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS), False)
+
+
 def _split(table: pa.Table) -> tuple[pa.Table, pa.Table]:
-    is_kept = pc.fill_null(pc.equal(table.column(schema.STATUS), schema.Status.SUCCESS), False)
+    is_kept = _is_kept(table)
     return table.filter(is_kept), table.filter(pc.invert(is_kept))
 
 
@@ -292,8 +297,10 @@ class ShardSink(Datasink):
         if not tables:
             return
         table = pa.concat_tables(tables, promote_options="permissive")
-        for shard in sorted(set(table.column(schema.SHARD).to_pylist())):
-            rows = table.filter(pc.equal(table.column(schema.SHARD), shard))
+        shards = sorted(set(table.column(schema.SHARD).to_pylist()))
+        for shard in shards:
+            # one shard (the corpus builder's case) needs no filter, which would copy its images
+            rows = table if len(shards) == 1 else table.filter(pc.equal(table.column(schema.SHARD), shard))
             if rows.num_rows == self.counts[shard]:
                 self.commit(shard, rows)
             else:
@@ -372,8 +379,12 @@ class CorpusSink(ShardSink):
     SUBDIRS = (CORPUS_DIR, REJECTS_DIR)
 
     def write_shard(self, name: str, rows: pa.Table) -> dict:
-        kept, rejected = _split(rows)
-        images = kept.column(schema.IMAGE_BYTES) if kept.num_rows else pa.array([], pa.binary())
+        # The image column is read in place, row by row: filtering it would copy every image.
+        images = rows.column(schema.IMAGE_BYTES) if schema.IMAGE_BYTES in rows.column_names else None
+        is_kept = _is_kept(rows)
+        kept_at = np.flatnonzero(is_kept.to_numpy(zero_copy_only=False))  # kept row -> row of `rows`
+        facts = rows.drop_columns([schema.IMAGE_BYTES]) if images is not None else rows
+        kept, rejected = facts.filter(is_kept), facts.filter(pc.invert(is_kept))
         kept = typed_rows(kept)
         failed, messages = [], []
 
@@ -382,7 +393,7 @@ class CorpusSink(ShardSink):
                 try:
                     if row[schema.STATUS] != schema.Status.SUCCESS:
                         raise _AlreadyRejected()
-                    yield tar_members(row, images[i].as_py())
+                    yield tar_members(row, images[int(kept_at[i])].as_py())
                 except _AlreadyRejected:
                     failed.append(i)
                     messages.append(row[schema.ERROR_MESSAGE])
