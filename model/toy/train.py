@@ -20,6 +20,11 @@ same loss with shuffled images): position embeddings that start as a unit-scale 
 (every patch shares one RoPE id, so they are the only "where"), small branch norms in the
 post-norm tower, image tokens that start near unit scale, the tower and adapter frozen for the
 first --freeze-vision steps, and one-shape scenes for the first --single-shape steps.
+
+What makes it localize: a training-only linear probe on the image tokens (PatchProbe, weight
+--patch-loss) learns from every patch what the shape under it is (colour, kind, left-to-right
+rank), how many shapes there are, and its box values as soft 100-bin classes; the probe is not
+part of the checkpoint. With the probe the tower trains from the start (--freeze-vision 0).
 """
 
 from __future__ import annotations
