@@ -53,13 +53,13 @@ from model.toy import scenes
 CAPTION_PROMPTS = (*CAPTION_PRESETS.values(), "Describe this image.", "Describe the image.")
 COUNT_PROMPTS = (scenes.COUNT_QUESTION, "How many shapes are in the image?")
 ARTICLES = ("the ", "the ", "the ", "a ", "")
-TOY_PATCH = 14  # model.tiny's vision patch size
+TOY_PATCH = tiny_config("cogvlm")["vision_config"]["patch_size"]  # the tower's patch: image_size // it = grid
 RENDER_LONG_SIDE = 224  # scenes are drawn this large at most before the model's resize: same look, less work
 
 
 def toy_config(args) -> dict:
     raw = tiny_config("cogvlm")
-    grid = args.image_size // 14
+    grid = args.image_size // TOY_PATCH
     raw.update(
         hidden_size=args.hidden, intermediate_size=args.intermediate, num_attention_heads=args.heads,
         num_hidden_layers=args.layers, template_version="base", max_position_embeddings=1024,
@@ -433,6 +433,10 @@ def main(argv=None) -> None:
     rng = random.Random(args.seed)
     step, best = 0, -1.0
     state_file = args.work / "state.pt"
+
+    def save_state():
+        torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+
     if args.resume and state_file.exists():
         saved = torch.load(state_file, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -479,7 +483,7 @@ def main(argv=None) -> None:
             print(f"{(time.time() - started) / step:.2f} s/step")
             return
         if step % args.eval_every == 0 or step == args.steps:
-            torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+            save_state()
             scores = evaluate(model, tokenizer, args.work, 10_000 + step, args.eval_scenes)
             # boxes first; ties (early on, all zero) go to the better all-round model
             score = min(scores["grounded"], scores["ground"]) + 0.01 * (scores["grounded"] + scores["ground"] + scores["count"])
@@ -491,7 +495,7 @@ def main(argv=None) -> None:
                 best = score
                 meta = {"step": step, "seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()}, "eval": scores}
                 write_checkpoint(model, raw, args.out, meta)
-                torch.save({"model": model.state_dict(), "probe": probe.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "step": step, "best": best}, state_file)
+                save_state()  # with the new best, so a resumed run keeps it
 
 
 if __name__ == "__main__":
