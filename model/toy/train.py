@@ -379,9 +379,14 @@ def write_checkpoint(model: CogVLMForCausalLM, raw_config: dict, out: Path, meta
 
 def lr_at(step: int, args) -> float:
     """Linear warmup, then inverse square root: it does not depend on --steps, so the checkpoint
-    of step N is the same whichever --steps a run was given (a long run can be cut short)."""
+    of step N is the same whichever --steps a run was given (a long run can be cut short). With
+    --cooldown N the rate then falls linearly to zero over the last N steps (a resumed run can
+    anneal what it has learnt so far without starting again)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
+    start = args.steps - args.cooldown
+    if args.cooldown and step >= start:
+        return args.lr * math.sqrt(args.warmup / max(start, args.warmup)) * (args.steps - step) / args.cooldown
     return args.lr * math.sqrt(args.warmup / step)
 
 
@@ -394,6 +399,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=10, help="scenes per step (about 4 rows each)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--cooldown", type=int, default=0, help="steps at the end over which the rate falls linearly to zero (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared machine wastes less on spinning threads)")
     p.add_argument("--eval-every", type=int, default=50)

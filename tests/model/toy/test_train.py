@@ -3,8 +3,10 @@ teacher forcing over whole sequences, and training data is reproducible for a se
 
 from __future__ import annotations
 
+import math
 import random
 
+import pytest
 import torch
 
 from model.config import ModelConfig
@@ -49,6 +51,20 @@ def test_scenes_and_schedule_are_reproducible(tmp_path):
     # the learning rate of a step does not depend on how long the run was meant to be
     assert [lr_at(s, args) for s in (0, 50, 100, 400)] == [lr_at(s, parse_args(["--steps", "10"])) for s in (0, 50, 100, 400)]
     assert lr_at(400, args) == args.lr / 2
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        (399, math.sqrt(100 / 399)),  # before the cooldown: inverse square root
+        (400, 0.5),  # its first step keeps the rate it had reached
+        (700, 0.25),  # halfway down
+        (999, 0.5 / 600),  # the last step
+    ],
+)
+def test_cooldown_falls_linearly_to_zero_over_the_last_steps(step, expected):
+    args = parse_args(["--steps", "1000", "--cooldown", "600", "--warmup", "100"])
+    assert lr_at(step, args) == pytest.approx(args.lr * expected)
 
 
 def test_patch_targets_name_the_shape_under_each_patch():
