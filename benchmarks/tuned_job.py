@@ -6,6 +6,7 @@ benchmarks/memory.py and benchmarks/download.py to measure levers before they go
 Settings (JSON object, every key optional):
     object_store_memory      bytes of Ray's object store (ray.init object_store_memory)
     num_workers_soft_limit   Ray's idle-worker cap (_system_config), replaces the job's own
+    system_config            more of Ray's _system_config (e.g. {"enable_worker_prestart": false})
     target_max_block_size    DataContext.target_max_block_size, bytes
     data_object_store_limit  DataContext.execution_options.resource_limits.object_store_memory:
                              the bytes of object store Ray Data lets its operators hold
@@ -31,7 +32,7 @@ import ray.data  # noqa: E402
 SETTINGS_ENV = "COGSCALE_BENCH_SETTINGS"
 KNOWN = {
     "object_store_memory", "num_workers_soft_limit", "target_max_block_size", "data_object_store_limit",
-    "fetch_batch_rows", "max_tasks_in_flight_per_actor", "max_concurrency", "light_task_cpus",
+    "fetch_batch_rows", "max_tasks_in_flight_per_actor", "max_concurrency", "light_task_cpus", "system_config",
 }  # fmt: skip
 
 
@@ -46,9 +47,11 @@ def apply(settings: dict) -> None:
     def init(*args, **kwargs):
         if "object_store_memory" in settings:
             kwargs["object_store_memory"] = int(settings["object_store_memory"])
+        config = dict(kwargs.get("_system_config") or {})
         if "num_workers_soft_limit" in settings:
-            config = dict(kwargs.get("_system_config") or {})
             config["num_workers_soft_limit"] = int(settings["num_workers_soft_limit"])
+        config.update(settings.get("system_config", {}))
+        if config:
             kwargs["_system_config"] = config
         return original_init(*args, **kwargs)
 

@@ -18,7 +18,7 @@ import ray
 
 from pipeline import schema, storage
 from pipeline.options import CorpusOptions
-from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, plan_inputs, resolve_input_files
+from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, plan_inputs, resolve_input_files, unpack_shards
 from pipeline.stages import DedupIndex, FetchAndFilter
 from pipeline.writer import CORPUS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
 
@@ -130,12 +130,11 @@ def fetch_and_filter(
 
 
 class FetchAndCommit:
-    """The corpus builder's one stage: whole shards in (the reader makes a block of each), each
-    shard's rows fetched and filtered, then its files committed here; a small row per shard out.
+    """The corpus builder's one stage: whole shards in (packed, a row each), each shard's rows
+    fetched and filtered, then its files committed here; a small row per shard out.
 
     So images never cross between processes, nothing waits in the object store, and a shard is
-    written once, as img2dataset's workers do. A call that got part of a shard (Ray split a
-    block) leaves it to the sink's pieces, which commit it when the rest arrives.
+    written once, as img2dataset's workers do.
     """
 
     def __init__(self, options: CorpusOptions, dedup, sink: ShardSink, batch_rows: int = FETCH_BATCH_ROWS):
@@ -149,11 +148,12 @@ class FetchAndCommit:
         async with self.batches:
             return await self.fetch(rows)
 
-    async def __call__(self, table: pa.Table) -> pa.Table:
+    async def __call__(self, block: pa.Table) -> pa.Table:
         done = []
-        for shard in sorted(set(table.column(schema.SHARD).to_pylist())):
-            rows = table.filter(pc.equal(table.column(schema.SHARD), shard))
+        for rows in unpack_shards(block):
+            shard = rows.column(schema.SHARD)[0].as_py()
             parts = await asyncio.gather(*(self._fetch(rows.slice(i, self.batch_rows)) for i in range(0, rows.num_rows, self.batch_rows)))
+            del rows
             fetched = pa.concat_tables(parts, promote_options="permissive")
             del parts
             await asyncio.to_thread(self.sink.write, [fetched], None)
@@ -166,7 +166,7 @@ def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: 
     results = ds.map_batches(
         FetchAndCommit,
         fn_constructor_args=(options, dedup, sink, FETCH_BATCH_ROWS),
-        batch_size=None,  # a block is a shard
+        batch_size=None,  # whole blocks: of one shard each (read_whole_shards)
         batch_format="pyarrow",
         # two shards per actor: one downloads while the other is written; more only holds images
         compute=ray.data.ActorPoolStrategy(size=fetch_workers(options), max_tasks_in_flight_per_actor=2),
@@ -185,6 +185,16 @@ def url_list_files(input_spec: str, options: CorpusOptions) -> list[InputFile]:
 def read_url_lists(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
     source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards)
     return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
+
+
+def read_whole_shards(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
+    """A row per shard (reader.pack_shard), each in a block of its own: as many calls to the
+    next stage as shards, so every actor has work even when there are few."""
+    source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards, packed=True)
+    ds = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
+    # Ray Data merges the rows a read task yields into blocks of this size; one row is ~100 kB
+    ds.context.target_max_block_size = 1
+    return ds
 
 
 class IncompleteOutput(RuntimeError):
@@ -283,7 +293,7 @@ def build_corpus(inputs: list[InputFile], output: str, options: CorpusOptions) -
         out,
         shards,
         lambda run_id, counts: CorpusSink(output, run_id, counts),
-        lambda todo, sink: fetch_and_commit(read_url_lists(inputs, options, todo), options, dedup, sink),
+        lambda todo, sink: fetch_and_commit(read_whole_shards(inputs, options, todo), options, dedup, sink),
     )
 
 

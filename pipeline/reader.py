@@ -255,12 +255,18 @@ def check_inputs(files: list[str], columns: ColumnMap) -> list[InputFile]:
 
 @dataclass
 class UrlListDatasource(Datasource):
-    """One read task per input file with shards to do; a block per shard, each row tagged with
-    its shard."""
+    """One read task per input file with shards to do; each row tagged with its shard.
+
+    packed: each row of the dataset is a whole shard (pack_shard), for a stage that must get whole
+    shards. Ray Data reshapes blocks as it likes (it merges small ones up to its target size and
+    splits a read task's output into up to 200 blocks), so a block made per shard does not stay
+    one; a row is never split.
+    """
 
     inputs: list[InputFile]
     columns: ColumnMap
     shards: list[Shard]  # the shards to produce (all, or those left)
+    packed: bool = False
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -273,7 +279,30 @@ class UrlListDatasource(Datasource):
 
     def _read_task(self, file_index: int, shards: list[Shard]):
         columns, source = self.columns, self.inputs[file_index]
+        if self.packed:
+            return read_task(lambda: map(pack_shard, read_shards(source, file_index, shards, columns)), (source.uri,))
         return read_task(lambda: read_shards(source, file_index, shards, columns), (source.uri,))
+
+
+PACKED_ROWS = "rows"  # a packed shard's rows: one Arrow IPC stream
+
+
+def pack_shard(table: pa.Table) -> pa.Table:
+    """One row for a shard's rows (all of one shard): its index, and the rows as IPC bytes."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = sink.getvalue()
+    packed = pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, pa.array([0, data.size], pa.int64()).buffers()[1], data])
+    shard = table.column(schema.SHARD)[0].as_py()
+    return pa.table({schema.SHARD: pa.array([shard], pa.int32()), PACKED_ROWS: packed})
+
+
+def unpack_shards(block: pa.Table) -> Iterator[pa.Table]:
+    """The shards' row tables in a block of packed shards."""
+    for data in block.column(PACKED_ROWS).chunks:
+        for value in data:
+            yield pa.ipc.open_stream(value.as_buffer()).read_all()
 
 
 def _shard_ids(shards: list[Shard], first_row: int, n: int) -> tuple[pa.Array, pa.Array]:
@@ -288,8 +317,8 @@ def _shard_ids(shards: list[Shard], first_row: int, n: int) -> tuple[pa.Array, p
 
 
 def read_shards(source: InputFile, file_index: int, shards: list[Shard], columns: ColumnMap) -> Iterator[pa.Table]:
-    """The rows of the wanted shards of one file, one table (a block) per shard, each row with
-    its shard index in schema.SHARD: a stage that gets a block gets whole shards."""
+    """The rows of the wanted shards of one file, one table per shard, each row with its shard
+    index in schema.SHARD."""
     shards = sorted(shards, key=lambda s: s.first_row)
     size = {s.index: s.num_rows for s in shards}
     pending: dict[int, list[pa.Table]] = {}

@@ -299,3 +299,28 @@ def test_output_that_is_a_file_or_not_writable_fails_fast(tmp_path, capsys):
         assert build_corpus.main(["--input", str(tmp_path / "in.parquet"), "--output", str(output)]) == 2
         (line,) = [e for e in capsys.readouterr().err.splitlines() if e.startswith("error:")]
         assert line.startswith("error: --output") and needle in line, line
+
+
+def test_the_corpus_stage_gets_each_shard_whole_in_a_block_of_its_own(tmp_path):
+    # Ray Data would split one read task's output into ~200 blocks and merge small ones: a
+    # packed shard is a row, and no block holds two
+    from pipeline import corpus
+    from pipeline.options import CorpusOptions
+    from pipeline.reader import cut_shards, unpack_shards
+
+    for name, n in (("a.csv", 5000), ("b.csv", 700)):
+        (tmp_path / name).write_text("url\n" + "".join(f"http://127.0.0.1:9/{name}/{i}.jpg\n" for i in range(n)))
+    options = CorpusOptions()
+    inputs = corpus.url_list_files(str(tmp_path), options)
+    shards = cut_shards([f.rows for f in inputs], 2000)
+    todo = [s for s in shards if s.index != 1]  # a re-run: shard 1 is done
+
+    def describe(block: pa.Table) -> pa.Table:
+        tables = list(unpack_shards(block))
+        keys = [t.column(schema.KEY).to_pylist() for t in tables]
+        return pa.table({"shards": [[sorted(set(t.column(schema.SHARD).to_pylist())) for t in tables]], "keys": [keys]})
+
+    blocks = corpus.read_whole_shards(inputs, options, todo).map_batches(describe, batch_size=None, batch_format="pyarrow").take_all()
+    assert sorted(b["shards"] for b in blocks) == [[[s.index]] for s in todo]
+    expected = {s.index: [make_key(s.source, r) for r in range(s.first_row, s.first_row + s.num_rows)] for s in todo}
+    assert all(b["keys"][0] == expected[b["shards"][0][0]] for b in blocks)

@@ -15,6 +15,7 @@ from pipeline.reader import (
     make_key,
     plan_inputs,
     resolve_input_files,
+    unpack_shards,
 )
 
 ROWS = [
@@ -132,6 +133,23 @@ def test_a_block_is_a_whole_shard(tmp_path):
     for i, block in enumerate(blocks):
         assert set(block.column(schema.SHARD).to_pylist()) == {i}
         assert block.column(schema.KEY).to_pylist() == [make_key(0, r) for r in range(700 * i, 700 * i + block.num_rows)]
+
+
+def test_a_packed_shard_unpacks_to_the_same_rows(tmp_path):
+    rows = [{"url": f"http://a/{i}.jpg", "caption": "x" * (i % 7), "n": i} for i in range(1500)]
+    path = write(tmp_path / "l.parquet", "parquet", rows)
+    inputs = plan_inputs([path], ColumnMap(caption_col="caption"))
+    shards = cut_shards([1500], 700)
+    (plain,) = UrlListDatasource(inputs, ColumnMap(caption_col="caption"), shards).get_read_tasks(1)
+    (packed,) = UrlListDatasource(inputs, ColumnMap(caption_col="caption"), shards, packed=True).get_read_tasks(1)
+    blocks, rows_of_shards = list(plain()), list(packed())
+    assert [r.num_rows for r in rows_of_shards] == [1, 1, 1]
+    assert [r.column(schema.SHARD).to_pylist() for r in rows_of_shards] == [[0], [1], [2]]
+    unpacked = [t for r in rows_of_shards for t in unpack_shards(r)]
+    assert len(unpacked) == len(blocks) and all(u.equals(b) for u, b in zip(unpacked, blocks))
+    # several packed shards in one block (Ray may merge rows) come out one table each
+    merged = pa.concat_tables(rows_of_shards)
+    assert [t.num_rows for t in unpack_shards(merged)] == [700, 700, 100]
 
 
 # --- untrusted input files (issue 12 item 3) -------------------------------------------------
