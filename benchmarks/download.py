@@ -17,8 +17,10 @@ per contender, shows what that fixed cost is. Contenders:
                                probes the header and verifies that the image decodes)
     img2dataset                img2dataset's defaults: decode, resize to 256 (border), re-encode
     img2dataset-no-reencode    --disable_all_reencoding True: original bytes, never decoded
-    ours-resize                ours with --resize border --image-size 256, the like-for-like of
-                               img2dataset's default
+    ours-resize                ours with --resize border --image-size 256: img2dataset's default
+                               plus our 1/8-scale decode check before the resizer
+    ours-resize-no-check       ours-resize with --decode-check none: the like-for-like of
+                               img2dataset's default, which never checks before resizing
     ours-no-check              ours with --decode-check none: original bytes after the header
                                probe, never decoded; the like-for-like of --disable_all_reencoding
     ours-tuned                 ours through benchmarks/tuned_job.py with --tuned-settings (Ray and
@@ -57,7 +59,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORK_DIR = ROOT / "benchmarks" / "_work"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "results" / "download.md"
-CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize", "ours-no-check", "ours-tuned")
+CONTENDERS = ("ours", "img2dataset", "img2dataset-no-reencode", "ours-resize", "ours-no-check", "ours-resize-no-check", "ours-tuned")
 TUNED_JOB = ROOT / "benchmarks" / "tuned_job.py"
 # (ours, theirs): the throughput ratios reported, each ours / theirs.
 RATIOS = (
@@ -65,6 +67,7 @@ RATIOS = (
     ("ours", "img2dataset-no-reencode"),
     ("ours-resize", "img2dataset"),
     ("ours-no-check", "img2dataset-no-reencode"),
+    ("ours-resize-no-check", "img2dataset"),
     ("ours-tuned", "img2dataset-no-reencode"),
 )
 SAMPLE_SECONDS = 0.2
@@ -325,9 +328,9 @@ def command(contender: str, url_list: Path, output: Path, budget: Budget) -> lis
         ]  # fmt: skip
         if contender == "ours-tuned":
             cmd[1:3] = [str(TUNED_JOB)]
-        if contender == "ours-no-check":
+        if contender in ("ours-no-check", "ours-resize-no-check"):
             cmd += ["--decode-check", "none"]
-        return cmd + (["--resize", "border", "--image-size", "256"] if contender == "ours-resize" else [])
+        return cmd + (["--resize", "border", "--image-size", "256"] if contender.startswith("ours-resize") else [])
     cmd = [
         img2dataset_binary(),
         "--url_list", str(url_list), "--input_format", "parquet",
@@ -485,6 +488,7 @@ def report(runs: list[Run], args: argparse.Namespace, image_sizes: list[int], mi
         "img2dataset": "default: decodes, resizes to 256 (border), re-encodes JPEG q95",
         "img2dataset-no-reencode": "`--disable_all_reencoding True`: original bytes, never decoded",
         "ours-no-check": "`--decode-check none`: original bytes after the header probe, never decoded",
+        "ours-resize-no-check": "`--resize border --image-size 256 --decode-check none`: resized without the 1/8-scale check first",
         "ours-tuned": f"ours with `{args.tuned_settings}`",
     }
     for contender, run in best.items():
@@ -540,7 +544,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--urls", type=int, default=20_000, help="list size for the throughput comparison (default: %(default)s)")
     parser.add_argument("--sizes", type=_sizes, default=[20_000, 100_000], help="list sizes for peak memory, comma-separated (default: 20000,100000)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS[:5]), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all but ours-tuned)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS[:6]), help=f"comma-separated, from {', '.join(CONTENDERS)} (default: all but ours-tuned)")
     parser.add_argument("--memory-contenders", default="ours,img2dataset-no-reencode", help="who also runs at every --sizes (default: %(default)s)")
     parser.add_argument("--startup-rows", type=int, default=200, help="a list this small, run once per contender, shows start-up and shut-down cost; 0: skip (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per contender at --urls (default: %(default)s)")
