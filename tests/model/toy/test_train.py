@@ -97,3 +97,23 @@ def test_patch_targets_name_the_shape_under_each_patch():
     loss = probe.loss(features, torch.from_numpy(t)[None])
     loss.backward()
     assert torch.isfinite(loss) and features.grad.abs().sum() > 0 and len(PATCH_CLASSES) == 4
+
+
+def test_record_eval_measures_the_checkpoint_again_on_held_out_scenes(tmp_path):
+    import json
+
+    from model.toy.train import HELD_OUT_SEED, evaluate, record_eval, write_checkpoint
+
+    args, cfg, tokenizer = small(tmp_path)
+    model = init_model(cfg, seed=0)
+    raw = toy_config(args)
+    write_checkpoint(model, raw, tmp_path / "best", {"step": 5, "eval": {"grounded": 0.95, "ground": 0.92}})
+    recorded = record_eval(tmp_path / "best", 2)
+    meta = json.loads((tmp_path / "best" / "training.json").read_text())
+    assert meta["selection_eval"] == {"grounded": 0.95, "ground": 0.92}  # what it was chosen by
+    assert meta["eval"] == recorded and recorded["scenes"] == 2 and recorded["seed"] == HELD_OUT_SEED
+    expected = evaluate(model, tokenizer, tmp_path / "best", HELD_OUT_SEED, 2)
+    assert {k: recorded[k] for k in expected} == expected
+    # a second measurement replaces "eval" and keeps the first selection record
+    record_eval(tmp_path / "best", 1)
+    assert json.loads((tmp_path / "best" / "training.json").read_text())["selection_eval"] == {"grounded": 0.95, "ground": 0.92}
