@@ -98,6 +98,8 @@ def group(pid: int, root: int, line: str) -> str:
         return "driver"
     if "FetchAndCommit" in line or "FetchAndFilter" in line:  # the corpus stage; jobs.label's fetch stage
         return "fetch actors"
+    if "/raylet " in line or line.startswith("raylet "):  # its arguments name default_worker.py
+        return "Ray system"
     if line.startswith("ray::_"):
         return "Ray Data helpers"  # _StatsActor, _AutoscalingCoordinatorActor: one each per job
     if "default_worker.py" in line or line.startswith("ray::") and not line.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")):
@@ -117,6 +119,7 @@ class PssSampler(threading.Thread):
         self.peak_groups: dict[str, int] = {}
         self.peak_counts: dict[str, int] = {}
         self.peak_processes = 0
+        self.peak_detail: list[tuple[str, str, int]] = []  # (group, command line, PSS) at the peak
         self.peak_shmem = 0
         self._names: dict[int, str] = {}
         self._done = threading.Event()
@@ -124,6 +127,7 @@ class PssSampler(threading.Thread):
     def run(self) -> None:
         while not self._done.is_set():
             totals, groups, counts = defaultdict(int), defaultdict(int), defaultdict(int)
+            detail = []
             pids = process_tree(self.root)
             for pid in pids:
                 numbers = smaps(pid)
@@ -135,10 +139,12 @@ class PssSampler(threading.Thread):
                 kind = group(pid, self.root, self._names[pid])
                 groups[kind] += numbers.get("Pss", 0)
                 counts[kind] += 1
+                detail.append((kind, self._names[pid], numbers.get("Pss", 0)))
             self.peak_shmem = max(self.peak_shmem, totals["Pss_Shmem"])
             if totals["Pss"] > self.peak["Pss"]:
                 self.peak, self.peak_groups, self.peak_processes = dict(totals), dict(groups), len(pids)
                 self.peak_counts = dict(counts)
+                self.peak_detail = sorted(detail, key=lambda d: (GROUPS.index(d[0]), -d[2]))
             self._done.wait(SAMPLE_SECONDS)
 
     def stop(self) -> None:
@@ -159,6 +165,7 @@ class Run:
     kept: int
     cmd: list[str] = field(repr=False)
     settings: dict = field(default_factory=dict)
+    detail: list[tuple[str, str, int]] = field(default_factory=list, repr=False)
 
 
 def run_job(label: str, cmd: list[str], env: dict, rows: int, work_dir: Path, output: Path | None, contender: str | None) -> Run:
@@ -181,7 +188,8 @@ def run_job(label: str, cmd: list[str], env: dict, rows: int, work_dir: Path, ou
         if accounted != rows:
             sys.exit(f"{label} accounted for {accounted} rows of {rows}")
         shutil.rmtree(output, ignore_errors=True)
-    return Run(label, rows, wall, sampler.peak, sampler.peak_groups, sampler.peak_counts, sampler.peak_shmem, sampler.peak_processes, kept, cmd)
+    return Run(label, rows, wall, sampler.peak, sampler.peak_groups, sampler.peak_counts, sampler.peak_shmem, sampler.peak_processes, kept, cmd,
+               detail=sampler.peak_detail)
 
 
 def base_env() -> dict:
@@ -239,8 +247,20 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
             + " | ".join(f"{_mib(r.groups[g])} ({r.counts.get(g, 0)})" if r.groups.get(g) else "" for g in GROUPS)
             + f" | {r.processes} |"
         )
+    lines += ["", "## Processes at the peak sample (PSS, MiB)", ""]
+    for r in runs:
+        lines.append(f"- {r.label}, {r.rows:,} rows: " + "; ".join(f"{_process_name(name)} {_mib(pss)}" for _, name, pss in r.detail))
     lines += ["", "## Commands", "", f"`python {' '.join(sys.argv)}`", ""]
     return "\n".join(lines) + "\n"
+
+
+def _process_name(cmd: str) -> str:
+    """`ray::_StatsActor`, `raylet`, `log_monitor.py`, ...: what a process is, without its arguments."""
+    first = cmd.split()[0] if cmd.split() else "?"
+    if first.startswith("ray::") or first.endswith(("/raylet", "/gcs_server")):
+        return first
+    script = next((w for w in cmd.split()[1:] if w.endswith(".py")), None)
+    return os.path.basename(script or first)
 
 
 def _variant(text: str) -> tuple[str, dict]:

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline import schema, storage
+from pipeline import raycompat, schema, storage
 from pipeline.options import CorpusOptions
-from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, plan_inputs, resolve_input_files, unpack_shards
+from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, pack_shard, plan_inputs, read_shards, resolve_input_files, unpack_shards
 from pipeline.stages import DedupIndex, FetchAndFilter
 from pipeline.writer import CORPUS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
 
@@ -34,6 +34,14 @@ FETCH_BATCH_ROWS = 256
 # --download-workers.
 FETCH_ACTOR_CPUS = 0.25
 LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O
+# The fetch actors' processes: Arrow's default (jemalloc) pool keeps much of what the batches of
+# images freed, ~50 MiB more per actor than malloc (benchmarks/RESULTS.md, memory). Ray merges
+# these env_vars into the job's own runtime_env.
+FETCH_ACTOR_RUNTIME_ENV = {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "system"}}
+# A read task's worker exits when its file is read: an idle Ray worker that has imported Ray Data
+# holds ~140 MiB for the rest of the job (benchmarks/RESULTS.md, memory), and reads are few
+# (one per input file) and long next to a worker's start.
+READ_TASK_ARGS = {"max_calls": 1}
 
 
 _EMBEDDED_RAY = []  # set when connect() started Ray in this process
@@ -50,8 +58,16 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         # Ray would otherwise kill idle task workers above num_cpus within a second and start a
         # new one for each write task (benchmarks/results/download.md: ~10% of wall at 100k rows).
         soft_limit = 2 * (num_cpus or os.cpu_count() or 1) + 6  # Ray's default: the CPU count
+        embedded_config = {
+            "num_workers_soft_limit": soft_limit,
+            # no idle workers started ahead of need: each holds ~115 MiB (benchmarks/RESULTS.md,
+            # memory) and the corpus builder runs no tasks, only its fetch actors
+            "enable_worker_prestart": False,
+            "prestart_worker_first_driver": False,
+        }
         # "local": never attach to a cluster that `ray start` left on this machine (ray.init's default)
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config={"num_workers_soft_limit": soft_limit})
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _system_config=embedded_config)
+        raycompat.fixed_cluster_resources()
 
 
 def fetch_workers(options: CorpusOptions, cpus_per_worker: int = 1) -> int:
@@ -126,6 +142,7 @@ def fetch_and_filter(
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=fetch_workers(options, cpus_per_worker)),
         num_cpus=FETCH_ACTOR_CPUS,
+        runtime_env=FETCH_ACTOR_RUNTIME_ENV,
     )
 
 
@@ -133,35 +150,41 @@ class FetchAndCommit:
     """The corpus builder's one stage: whole shards in (packed, a row each), each shard's rows
     fetched and filtered, then its files committed here; a small row per shard out.
 
-    So images never cross between processes, nothing waits in the object store, and a shard is
-    written once, as img2dataset's workers do.
+    So images never cross between processes and nothing waits in the object store; each fetched
+    batch's images go into the shard's tar as soon as the batch is done, so an actor holds the
+    images of the batches in flight, never a whole shard's (img2dataset's workers write so too).
     """
 
-    def __init__(self, options: CorpusOptions, dedup, sink: ShardSink, batch_rows: int = FETCH_BATCH_ROWS):
+    def __init__(self, options: CorpusOptions, dedup, sink: CorpusSink, batch_rows: int = FETCH_BATCH_ROWS):
         self.fetch = FetchUnlessRejected(options, dedup)
         self.sink = sink
         self.batch_rows = batch_rows
-        # two fetch batches of a shard at a time: one downloads while the other is inspected
+        # two fetch batches at a time (of either shard in flight): one downloads while the other
+        # is inspected and written
         self.batches = asyncio.Semaphore(2)
 
-    async def _fetch(self, rows: pa.Table) -> pa.Table:
+    async def _fetch_into(self, writer, rows: pa.Table) -> None:
         async with self.batches:
-            return await self.fetch(rows)
+            fetched = await self.fetch(rows)
+            await asyncio.to_thread(writer.add, fetched)
 
     async def __call__(self, block: pa.Table) -> pa.Table:
         done = []
         for rows in unpack_shards(block):
             shard = rows.column(schema.SHARD)[0].as_py()
-            parts = await asyncio.gather(*(self._fetch(rows.slice(i, self.batch_rows)) for i in range(0, rows.num_rows, self.batch_rows)))
-            del rows
-            fetched = pa.concat_tables(parts, promote_options="permissive")
-            del parts
-            await asyncio.to_thread(self.sink.write, [fetched], None)
-            done.append((shard, fetched.num_rows))
+            writer = self.sink.open_shard(shard)
+            if writer is not None:
+                try:
+                    await asyncio.gather(*(self._fetch_into(writer, rows.slice(i, self.batch_rows)) for i in range(0, rows.num_rows, self.batch_rows)))
+                    await asyncio.to_thread(writer.commit)
+                except BaseException:
+                    writer.abort()
+                    raise
+            done.append((shard, rows.num_rows))
         return pa.table({"shard": pa.array([d[0] for d in done], pa.int32()), "rows": pa.array([d[1] for d in done], pa.int64())})
 
 
-def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: ShardSink) -> None:
+def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: CorpusSink) -> None:
     """Run FetchAndCommit over the shards' blocks; returns when every call has finished."""
     results = ds.map_batches(
         FetchAndCommit,
@@ -171,6 +194,7 @@ def fetch_and_commit(ds: ray.data.Dataset, options: CorpusOptions, dedup, sink: 
         # two shards per actor: one downloads while the other is written; more only holds images
         compute=ray.data.ActorPoolStrategy(size=fetch_workers(options), max_tasks_in_flight_per_actor=2),
         num_cpus=FETCH_ACTOR_CPUS,
+        runtime_env=FETCH_ACTOR_RUNTIME_ENV,
     )
     for _ in results.iter_batches(batch_size=None, batch_format="pyarrow"):
         pass
@@ -184,17 +208,24 @@ def url_list_files(input_spec: str, options: CorpusOptions) -> list[InputFile]:
 
 def read_url_lists(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
     source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards)
-    return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
+    return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, ray_remote_args=READ_TASK_ARGS)
 
 
 def read_whole_shards(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
-    """A row per shard (reader.pack_shard), each in a block of its own: as many calls to the
-    next stage as shards, so every actor has work even when there are few."""
-    source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards, packed=True)
-    ds = ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
-    # Ray Data merges the rows a read task yields into blocks of this size; one row is ~100 kB
-    ds.context.target_max_block_size = 1
-    return ds
+    """A block per shard, of one row (reader.pack_shard): as many calls to the next stage as
+    shards, so every actor has work even when there are few.
+
+    The driver reads the lists, as img2dataset's reader cuts its shards' inputs before any download
+    starts: a read task would stream them out for the whole job in a Ray worker of its own (~140 MiB,
+    benchmarks/RESULTS.md, memory), and a packed shard is small (~100 bytes a row). from_blocks
+    keeps one block per shard and takes each block's metadata here (from_arrow_refs would run a
+    task per block for it, in workers that then stay).
+    """
+    columns = ColumnMap(options.url_col, options.caption_col)
+    by_file: dict[int, list[Shard]] = {}
+    for shard in shards:
+        by_file.setdefault(shard.source, []).append(shard)
+    return ray.data.from_blocks([pack_shard(rows) for i, group in sorted(by_file.items()) for rows in read_shards(inputs[i], i, group, columns)])
 
 
 class IncompleteOutput(RuntimeError):

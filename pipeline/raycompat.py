@@ -47,4 +47,42 @@ def read_task(read, input_files: tuple[str, ...], size_bytes: int | None = None)
     return ReadTask(read, meta)
 
 
-__all__ = ["Datasink", "Datasource", "ReadTask", "UnsupportedRay", "read_task", "MIN_RAY"]
+def fixed_cluster_resources() -> bool:
+    """On a Ray this process started (one node, no autoscaler behind it), let Ray Data take the
+    node's resources as they are instead of asking a cluster autoscaler for more.
+
+    Ray Data's default (rate-based) cluster autoscaler reaches the autoscaler through a
+    coordinator actor, `_AutoscalingCoordinatorActor`: one more Ray worker process (~120 MiB PSS,
+    benchmarks/RESULTS.md, memory) that on an embedded Ray has nothing to scale. Ray offers no
+    setting for this, so the executor's factory is replaced; on a Ray whose internals differ
+    nothing is changed (returns False) and Ray Data behaves as shipped.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler import ClusterAutoscaler
+        from ray.data._internal.execution import streaming_executor
+        from ray.data._internal.execution.interfaces.execution_options import ExecutionResources
+    except ImportError:  # pragma: no cover - depends on the installed Ray
+        return False
+    if not callable(getattr(streaming_executor, "create_cluster_autoscaler", None)):  # pragma: no cover
+        return False
+
+    class FixedCluster(ClusterAutoscaler):
+        def __init__(self):
+            self._total = None
+
+        def try_trigger_scaling(self):
+            pass
+
+        def on_executor_shutdown(self):
+            pass
+
+        def get_total_resources(self):
+            if self._total is None:  # the node never changes: one RPC per dataset
+                self._total = ExecutionResources.from_resource_dict(ray.cluster_resources())
+            return self._total
+
+    streaming_executor.create_cluster_autoscaler = lambda *args, **kwargs: FixedCluster()
+    return True
+
+
+__all__ = ["Datasink", "Datasource", "ReadTask", "UnsupportedRay", "read_task", "fixed_cluster_resources", "MIN_RAY"]

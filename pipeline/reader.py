@@ -255,18 +255,11 @@ def check_inputs(files: list[str], columns: ColumnMap) -> list[InputFile]:
 
 @dataclass
 class UrlListDatasource(Datasource):
-    """One read task per input file with shards to do; each row tagged with its shard.
-
-    packed: each row of the dataset is a whole shard (pack_shard), for a stage that must get whole
-    shards. Ray Data reshapes blocks as it likes (it merges small ones up to its target size and
-    splits a read task's output into up to 200 blocks), so a block made per shard does not stay
-    one; a row is never split.
-    """
+    """One read task per input file with shards to do; each row tagged with its shard."""
 
     inputs: list[InputFile]
     columns: ColumnMap
     shards: list[Shard]  # the shards to produce (all, or those left)
-    packed: bool = False
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -279,8 +272,6 @@ class UrlListDatasource(Datasource):
 
     def _read_task(self, file_index: int, shards: list[Shard]):
         columns, source = self.columns, self.inputs[file_index]
-        if self.packed:
-            return read_task(lambda: map(pack_shard, read_shards(source, file_index, shards, columns)), (source.uri,))
         return read_task(lambda: read_shards(source, file_index, shards, columns), (source.uri,))
 
 
@@ -288,7 +279,9 @@ PACKED_ROWS = "rows"  # a packed shard's rows: one Arrow IPC stream
 
 
 def pack_shard(table: pa.Table) -> pa.Table:
-    """One row for a shard's rows (all of one shard): its index, and the rows as IPC bytes."""
+    """One row for a shard's rows (all of one shard): its index, and the rows as IPC bytes. Ray
+    Data reshapes blocks as it likes (merges small ones, splits large ones), but never splits a
+    row, so a stage that must get whole shards gets them packed."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

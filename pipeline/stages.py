@@ -13,8 +13,10 @@ that does not fit its column is caught when the columns are built.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import os
+import sys
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -66,10 +68,25 @@ class DedupIndex:
         return out
 
 
+def _img2dataset_resizer():
+    """img2dataset's resizer module, loaded on its own: `import img2dataset.resizer` first runs the
+    package's __init__, whose downloader and writers import webdataset and through it torch, ~350
+    MiB more in every fetch actor for a module that needs only albumentations and cv2."""
+    name = "_cogscale_img2dataset_resizer"
+    if name not in sys.modules:
+        package = importlib.util.find_spec("img2dataset")  # locates the package without running it
+        spec = importlib.util.spec_from_file_location(name, os.path.join(package.submodule_search_locations[0], "resizer.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
 def _resizer(options: CorpusOptions):
-    # Imported lazily: img2dataset pulls in albumentations and cv2, which only --resize needs.
+    # Loaded lazily: albumentations and cv2 are only for --resize.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from img2dataset.resizer import ResizeMode, Resizer
+    resizer = _img2dataset_resizer()
+    Resizer, ResizeMode = resizer.Resizer, resizer.ResizeMode
 
     return Resizer(
         image_size=options.image_size,

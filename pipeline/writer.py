@@ -28,15 +28,17 @@ _tmp/pieces/RUN/NNNNN/ and whichever task completes the shard's row count assemb
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import posixpath
 import re
 import tarfile
+import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -235,16 +237,6 @@ def tar_members(row: dict, image: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
-def write_tar(members: Iterable[list[tuple[str, bytes]]], stream) -> None:
-    with tarfile.open(fileobj=stream, mode="w|") as tar:
-        for sample in members:
-            for name, data in sample:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
-
-
 def shard_stats(kept: pa.Table, rejected: pa.Table) -> dict:
     reasons = Counter(rejected.column(schema.REASON).to_pylist()) if rejected.num_rows else {}
     nbytes = pc.sum(kept.column(schema.BYTES)).as_py() if kept.num_rows and schema.BYTES in kept.column_names else 0
@@ -378,46 +370,114 @@ class CorpusSink(ShardSink):
 
     SUBDIRS = (CORPUS_DIR, REJECTS_DIR)
 
+    def open_shard(self, shard: int) -> "CorpusShardWriter | None":
+        """A writer that streams the shard's rows out as they come (None: committed already)."""
+        if storage.exists(self.out.fs, self.out.shard_file(STATS_DIR, shard_name(shard), ".json")):
+            return None
+        self._check_owner()
+        return CorpusShardWriter(self, shard_name(shard))
+
     def write_shard(self, name: str, rows: pa.Table) -> dict:
+        writer = CorpusShardWriter(self, name)
+        writer.add(rows)
+        return writer.finish()
+
+
+class CorpusShardWriter:
+    """One corpus shard written as its rows arrive, in any order and any grouping: each batch's
+    kept images go straight into the shard's tar (under a temporary name), only the rows' facts
+    stay in memory, so a fetch actor holds the images of the batches in flight, not of a shard.
+    Samples follow in arrival order, as img2dataset's; the Parquet files are in key order.
+
+    add() may be called from several threads. finish() writes the Parquet files, then the stats
+    file that commits the shard (CorpusSink.commit's order); abort() leaves nothing behind.
+    """
+
+    def __init__(self, sink: CorpusSink, name: str):
+        self.sink, self.name = sink, name
+        out = sink.out
+        self._lock = threading.Lock()
+        self._files = contextlib.ExitStack()
+        self._stream = self._files.enter_context(storage.atomic_output(out.fs, out.shard_file(CORPUS_DIR, name, ".tar"), out.tmp))
+        self._tar = tarfile.open(fileobj=self._stream, mode="w|")
+        self._kept: list[pa.Table] = []
+        self._rejected: list[pa.Table] = []
+
+    def add(self, rows: pa.Table) -> None:
+        with self._lock:
+            try:
+                self._add(rows)
+            except BaseException as e:
+                self._fail(e)
+
+    def _add(self, rows: pa.Table) -> None:
         # The image column is read in place, row by row: filtering it would copy every image.
         images = rows.column(schema.IMAGE_BYTES) if schema.IMAGE_BYTES in rows.column_names else None
         is_kept = _is_kept(rows)
         kept_at = np.flatnonzero(is_kept.to_numpy(zero_copy_only=False))  # kept row -> row of `rows`
         facts = rows.drop_columns([schema.IMAGE_BYTES]) if images is not None else rows
-        kept, rejected = facts.filter(is_kept), facts.filter(pc.invert(is_kept))
-        kept = typed_rows(kept)
+        kept, rejected = typed_rows(facts.filter(is_kept)), typed_rows(facts.filter(pc.invert(is_kept)))
         failed, messages = [], []
-
-        def samples():  # one image's bytes in Python at a time: the tar streams out
-            for i, row in enumerate(kept.to_pylist()):
-                try:
-                    if row[schema.STATUS] != schema.Status.SUCCESS:
-                        raise _AlreadyRejected()
-                    yield tar_members(row, images[int(kept_at[i])].as_py())
-                except _AlreadyRejected:
+        for i, row in enumerate(kept.to_pylist()):
+            try:
+                if row[schema.STATUS] != schema.Status.SUCCESS:  # typed_rows rejected it
                     failed.append(i)
                     messages.append(row[schema.ERROR_MESSAGE])
-                except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
-                    failed.append(i)
-                    messages.append(f"writing the sample: {_error_text(e)}")
-
-        self.out.write(self.out.shard_file(CORPUS_DIR, name, ".tar"), lambda stream: write_tar(samples(), stream))
+                    continue
+                members = tar_members(row, images[int(kept_at[i])].as_py())
+            except Exception as e:  # noqa: BLE001 - this row alone fails: its rejection says why
+                failed.append(i)
+                messages.append(f"writing the sample: {_error_text(e)}")
+                continue
+            add_sample(self._tar, members)
         if failed:
-            failed_rows = set(failed)
-            is_failed = pa.array([i in failed_rows for i in range(kept.num_rows)])
-            moved = kept.filter(is_failed)
-            moved = metadata_table(reject_as_internal(moved, messages))
+            is_failed = pa.array(np.isin(np.arange(kept.num_rows), failed))
+            rejected = pa.concat_tables([rejected, metadata_table(reject_as_internal(kept.filter(is_failed), messages))], promote_options="permissive")
             kept = kept.filter(pc.invert(is_failed))
-            rejected = pa.concat_tables([typed_rows(rejected), moved], promote_options="permissive")
-        else:
-            rejected = typed_rows(rejected)
-        self._parquet(CORPUS_DIR, name, kept)
-        self._parquet(REJECTS_DIR, name, rejected.sort_by(schema.KEY) if rejected.num_rows else rejected)
+        self._kept.append(kept)
+        self._rejected.append(rejected)
+
+    def finish(self) -> dict:
+        """Close the tar (moved into place), write the Parquet files; returns the shard's stats."""
+        with self._lock:
+            try:
+                self._tar.close()
+                self._files.close()
+            except BaseException as e:
+                self._fail(e)
+        kept, rejected = (_sorted_by_key(pa.concat_tables(t, promote_options="permissive")) for t in (self._kept, self._rejected))
+        self.sink._parquet(CORPUS_DIR, self.name, kept)
+        self.sink._parquet(REJECTS_DIR, self.name, rejected)
         return shard_stats(kept, rejected)
 
+    def commit(self) -> None:
+        """finish(), then the stats file that makes the shard visible (see ShardSink.commit)."""
+        stats = self.finish()
+        self.sink._check_owner()
+        self.sink.out.write(self.sink.out.shard_file(STATS_DIR, self.name, ".json"), json.dumps(stats, indent=1).encode())
 
-class _AlreadyRejected(Exception):
-    pass
+    def abort(self) -> None:
+        """Drop the temporary tar, if it is still open (the shard is redone from its first row)."""
+        with self._lock:
+            aborted = RuntimeError(f"shard {self.name} aborted")
+            try:
+                self._files.__exit__(RuntimeError, aborted, None)
+            except RuntimeError as e:  # atomic_output re-raises what it was closed with
+                if e is not aborted:
+                    raise
+
+    def _fail(self, e: BaseException):
+        """The temporary tar is removed; a storage failure is raised as a StorageError naming the tar."""
+        self._files.__exit__(type(e), e, e.__traceback__)  # atomic_output re-raises as StorageError
+        raise e
+
+
+def add_sample(tar: tarfile.TarFile, members: list[tuple[str, bytes]]) -> None:
+    for name, data in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
 
 
 class LabelSink(ShardSink):

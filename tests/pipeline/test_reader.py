@@ -13,7 +13,9 @@ from pipeline.reader import (
     check_inputs,
     cut_shards,
     make_key,
+    pack_shard,
     plan_inputs,
+    read_shards,
     resolve_input_files,
     unpack_shards,
 )
@@ -141,8 +143,8 @@ def test_a_packed_shard_unpacks_to_the_same_rows(tmp_path):
     inputs = plan_inputs([path], ColumnMap(caption_col="caption"))
     shards = cut_shards([1500], 700)
     (plain,) = UrlListDatasource(inputs, ColumnMap(caption_col="caption"), shards).get_read_tasks(1)
-    (packed,) = UrlListDatasource(inputs, ColumnMap(caption_col="caption"), shards, packed=True).get_read_tasks(1)
-    blocks, rows_of_shards = list(plain()), list(packed())
+    blocks = list(plain())
+    rows_of_shards = [pack_shard(t) for t in read_shards(inputs[0], 0, shards, ColumnMap(caption_col="caption"))]
     assert [r.num_rows for r in rows_of_shards] == [1, 1, 1]
     assert [r.column(schema.SHARD).to_pylist() for r in rows_of_shards] == [[0], [1], [2]]
     unpacked = [t for r in rows_of_shards for t in unpack_shards(r)]

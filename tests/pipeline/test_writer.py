@@ -130,3 +130,50 @@ def test_a_committed_shard_is_never_rewritten(tmp_path, monkeypatch):
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "shards").rglob("*") if p.is_file()}
     assert before == after
     assert pq.read_table(tmp_path / "shards" / "corpus" / "00000.parquet").num_rows == 1
+
+
+def test_a_shard_streams_in_as_batches_arrive_and_commits_once_whole(tmp_path, monkeypatch):
+    """FetchAndCommit's path: batches in any order go straight into the shard's tar (a temporary
+    file until the shard commits); the Parquet files come out in key order."""
+    out, sink = sink_for(tmp_path, {0: 5}, monkeypatch)
+
+    def batch(keys, kept):  # images large enough to leave the writers' buffers
+        table = rows(keys, kept=kept)
+        images = [b"\x89" * 65536 if k in kept else None for k in keys]
+        return table.set_column(table.column_names.index(schema.IMAGE_BYTES), schema.IMAGE_BYTES, pa.array(images, pa.binary()))
+
+    writer = sink.open_shard(0)
+    writer.add(batch(["c", "d", "e"], kept={"c", "e"}))
+    writer.add(batch(["a", "b"], kept={"b"}))
+    assert out.committed() == set() and not (tmp_path / "shards" / "corpus" / "00000.tar").exists()
+    (tmp_tar,) = [p for p in (tmp_path / "_tmp").iterdir() if "00000.tar" in p.name]
+    with tarfile.open(tmp_tar, mode="r|") as tar:  # the first batch's samples are on disk already
+        assert tar.next().name == "c.png"
+    writer.commit()
+    assert out.committed() == {0} and sink.open_shard(0) is None  # never opened again
+    with tarfile.open(tmp_path / "shards" / "corpus" / "00000.tar") as tar:
+        assert [n for n in tar.getnames() if n.endswith(".png")] == ["c.png", "e.png", "b.png"]  # as they came
+    assert pq.read_table(tmp_path / "shards" / "corpus" / "00000.parquet").column(schema.KEY).to_pylist() == ["b", "c", "e"]
+    assert pq.read_table(tmp_path / "shards" / "rejects" / "00000.parquet").column(schema.KEY).to_pylist() == ["a", "d"]
+    assert out.read_shard_stats()["input_rows"] == 5
+
+
+def test_an_aborted_shard_leaves_nothing_and_is_redone_whole(tmp_path, monkeypatch):
+    out, sink = sink_for(tmp_path, {0: 2}, monkeypatch)
+    writer = sink.open_shard(0)
+    writer.add(rows(["a"], kept={"a"}))
+    writer.abort()
+    writer.abort()  # twice is harmless (a failure after the tar was closed aborts too)
+    assert out.committed() == set() and not [p for p in (tmp_path / "_tmp").iterdir() if ".tar." in p.name]
+    again = sink.open_shard(0)
+    again.add(rows(["a", "b"], kept={"a", "b"}))
+    again.commit()
+    with tarfile.open(tmp_path / "shards" / "corpus" / "00000.tar") as tar:
+        assert [n for n in tar.getnames() if n.endswith(".png")] == ["a.png", "b.png"]
+
+
+def test_a_superseded_run_opens_no_shard(tmp_path, monkeypatch):
+    out, old = sink_for(tmp_path, {0: 1}, monkeypatch)
+    CorpusSink(str(tmp_path), out.claim(), {0: 1})
+    with pytest.raises(SupersededRun):
+        old.open_shard(0)
