@@ -112,11 +112,20 @@ def sample_background(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randint(222, 252) for _ in range(3))
 
 
-def sample_scene(rng: random.Random, size: tuple[int, int] | None = None, count: int | None = None) -> Scene:
+def sample_scene(rng: random.Random, size: tuple[int, int] | None = None, count: int | None = None,
+                 share: str | None = None) -> Scene:
+    """share="kind" or "colour": every shape has the same kind (or colour), the others differ."""
     width, height = size or sample_size(rng)
     short = min(width, height)
     count = count or rng.randint(1, 3)
-    kinds = rng.sample([(c, k) for c in COLOURS for k in KINDS], count)
+    if share == "kind":
+        kind = rng.choice(KINDS)
+        kinds = [(c, kind) for c in rng.sample(list(COLOURS), count)]
+    elif share == "colour":
+        colour = rng.choice(list(COLOURS))
+        kinds = [(colour, k) for k in rng.sample(KINDS, count)]
+    else:
+        kinds = rng.sample([(c, k) for c in COLOURS for k in KINDS], count)
     for _ in range(200):  # rejection sampling of sizes and places; shrink if crowded
         boxes = []
         for _ in kinds:

@@ -124,6 +124,7 @@ class SceneExamples:
     pixels: np.ndarray  # uint8 [3, S, S]
     rows: list[tuple[str, str]]
     patch_targets: np.ndarray | None = None  # int64 [grid * grid, len(PATCH_FIELDS)], see patch_targets
+    weights: list[float] | None = None  # of each row's answer tokens in the loss (None: all 1)
 
 
 # What each patch should tell the language model about the shape it lies on (training only: a
@@ -186,8 +187,8 @@ class PatchProbe(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def draw_scene(rng: random.Random, count: int | None = None) -> tuple[scenes.Scene, "Image"]:
-    scene = scenes.sample_scene(rng, count=count)
+def draw_scene(rng: random.Random, count: int | None = None, share: str | None = None) -> tuple[scenes.Scene, "Image"]:
+    scene = scenes.sample_scene(rng, count=count, share=share)
     factor = min(1.0, RENDER_LONG_SIDE / max(scene.width, scene.height))
     small = scenes.Scene(
         max(1, round(scene.width * factor)), max(1, round(scene.height * factor)), scene.background,
@@ -202,16 +203,25 @@ def draw_scene(rng: random.Random, count: int | None = None) -> tuple[scenes.Sce
     return scene, image
 
 
-def make_scene_examples(rng: random.Random, processor: ImageProcessor, count: int | None = None) -> SceneExamples:
-    """A grounded caption, a ground question for every shape, and a caption or a count."""
-    scene, image = draw_scene(rng, count)
+def make_scene_examples(rng: random.Random, processor: ImageProcessor, count: int | None = None,
+                        ground_weight: float = 1.0, look_alike: float = 0.0) -> SceneExamples:
+    """A grounded caption, a ground question for every shape, and a caption or a count.
+
+    look_alike: the share of scenes whose 2-3 shapes all have one kind (3 in 4 of them) or one
+    colour, where a ground answer must read both words of its phrase (the shipped model boxed
+    another shape of the same kind for most of its wrong ground answers)."""
+    share = None
+    if count is None and look_alike and rng.random() < look_alike:
+        share, count = ("kind" if rng.random() < 0.75 else "colour"), rng.randint(2, 3)
+    scene, image = draw_scene(rng, count, share)
     rows = [(GROUNDED_CAPTION_PROMPT, scene.grounded_caption())]
     rows += [(GROUND_PROMPT.format(expression=rng.choice(ARTICLES) + s.name), scene.box_text(s)) for s in scene.shapes]
+    weights = [1.0] + [ground_weight] * len(scene.shapes) + [1.0]
     if rng.random() < 0.5:
         rows.append((rng.choice(CAPTION_PROMPTS), scene.caption()))
     else:
         rows.append((rng.choice(COUNT_PROMPTS), scene.count()))
-    return SceneExamples(processor.resize(image), rows, patch_targets(scene, processor.image_size // TOY_PATCH))
+    return SceneExamples(processor.resize(image), rows, patch_targets(scene, processor.image_size // TOY_PATCH), weights)
 
 
 class NoCache:
@@ -283,18 +293,19 @@ def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamp
     n = cfg.num_image_tokens  # prefix: bos, boi, patches (n - 1 slots after bos); eoi starts each row
     if features is None:
         features = encode_scenes(model, batch)  # [U, n, H]
-    encoded, image_of_row = [], []
+    encoded, image_of_row, row_weight = [], [], []
     for u, scene_rows in enumerate(batch):
-        for row in encode_rows(tokenizer, cfg, scene_rows.rows):
+        for i, row in enumerate(encode_rows(tokenizer, cfg, scene_rows.rows)):
             encoded.append(row)
             image_of_row.append(u)
+            row_weight.append(1.0 if scene_rows.weights is None else scene_rows.weights[i])
     first_types = torch.tensor(encoded[0][1])
     prefix_positions = rope_positions(first_types)[:n]
     prefix_vision = vision_expert_mask(first_types)[:n]
     u = len(batch)
     bos = model.embed(torch.full((u, 1), cfg.bos_token_id))
     order = sorted(range(len(encoded)), key=lambda r: len(encoded[r][0]))
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for chunk in np.array_split(np.array(order), groups):
         if not len(chunk):
             continue
@@ -313,8 +324,10 @@ def scene_batch_loss(model: CogVLMForCausalLM, tokenizer, batch: list[SceneExamp
         mask = torch.cat([torch.ones(width, n, dtype=torch.bool), causal], dim=1).expand(len(rows), 1, width, n + width)
         h = model(x, positions, None, mask, cache, n)
         picked = labels != -100
-        total = total + F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="sum")
-        count += int(picked.sum())
+        weight = torch.tensor([row_weight[r] for r in chunk])[:, None].expand(-1, width)[picked]
+        losses = F.cross_entropy(model.logits(h[picked]), labels[picked], reduction="none")
+        total = total + (losses * weight.to(losses.dtype)).sum()
+        count += float(weight.sum())
     return total / count
 
 
@@ -393,6 +406,14 @@ def write_checkpoint(model: CogVLMForCausalLM, raw_config: dict, out: Path, meta
     tmp.rmdir()
 
 
+def read_checkpoint_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint write_checkpoint wrote (its keys are the model's own)."""
+    from safetensors.torch import load_file
+
+    files = set(json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"].values())
+    return {k: v for f in sorted(files) for k, v in load_file(str(model_dir / f)).items()}
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -435,6 +456,9 @@ def parse_args(argv=None):
     p.add_argument("--single-shape", type=int, default=400, help="steps of one-shape scenes first (curriculum)")
     p.add_argument("--image-token-gain", type=float, default=25.0, help="initial scale-up of the adapter's output")
     p.add_argument("--patch-loss", type=float, default=1.0, help="weight of the training-only patch probe's loss (0: none)")
+    p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the ground answers' tokens in the loss (the others weigh 1)")
+    p.add_argument("--look-alike", type=float, default=0.0, help="share of scenes whose shapes all share a kind or a colour")
+    p.add_argument("--init", type=Path, default=None, metavar="DIR", help="start from this checkpoint's weights (fresh optimizer and patch probe) instead of the seeded initialization")
     p.add_argument("--time-steps", type=int, default=0, help="only time this many steps and exit")
     p.add_argument("--record-eval", type=int, default=0, metavar="N", help="no training: evaluate --out's checkpoint on N held-out scenes and record it in its training.json")
     return p.parse_args(argv)
@@ -455,6 +479,8 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(args.work, None, cfg)
     processor = ImageProcessor(cfg.vision.image_size)
     model = init_model(cfg, args.seed, args.branch_scale, args.image_token_gain)
+    if args.init:
+        model.load_state_dict(read_checkpoint_state(args.init))
     probe = PatchProbe(cfg.hidden_size)
     named = [*model.named_parameters(), *(("probe." + n, p) for n, p in probe.named_parameters())]
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
@@ -487,7 +513,7 @@ def main(argv=None) -> None:
         for p in vision:
             p.requires_grad_(step >= args.freeze_vision)
         count = 1 if step < args.single_shape else None
-        batch = [make_scene_examples(rng, processor, count) for _ in range(args.batch)]
+        batch = [make_scene_examples(rng, processor, count, args.ground_weight, args.look_alike) for _ in range(args.batch)]
         features = encode_scenes(model, batch)
         loss = scene_batch_loss(model, tokenizer, batch, features=features)
         total = loss
