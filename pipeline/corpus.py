@@ -38,10 +38,6 @@ LIGHT_TASK_CPUS = 0.25  # reads and writes mostly wait on I/O
 # images freed, ~50 MiB more per actor than malloc (benchmarks/RESULTS.md, memory). Ray merges
 # these env_vars into the job's own runtime_env.
 FETCH_ACTOR_RUNTIME_ENV = {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "system"}}
-# A read task's worker exits when its file is read: an idle Ray worker that has imported Ray Data
-# holds ~140 MiB for the rest of the job (benchmarks/RESULTS.md, memory), and reads are few
-# (one per input file) and long next to a worker's start.
-READ_TASK_ARGS = {"max_calls": 1}
 
 
 _EMBEDDED_RAY = []  # set when connect() started Ray in this process
@@ -208,7 +204,7 @@ def url_list_files(input_spec: str, options: CorpusOptions) -> list[InputFile]:
 
 def read_url_lists(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:
     source = UrlListDatasource(inputs, ColumnMap(options.url_col, options.caption_col), shards)
-    return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS, ray_remote_args=READ_TASK_ARGS)
+    return ray.data.read_datasource(source, num_cpus=LIGHT_TASK_CPUS)
 
 
 def read_whole_shards(inputs: list[InputFile], options: CorpusOptions, shards: list[Shard]) -> ray.data.Dataset:

@@ -2,8 +2,8 @@
 server, and the boxes it writes land on the drawn shapes in the original image's pixels,
 EXIF-rotated and non-square images included; batch size does not change any output.
 
-The plumbing tests hold whatever the model says; the quality tests (marked QUALITY) need the
-shipped model to be as good as its training record claims (tests/model/toy/quality.py).
+The plumbing tests hold whatever the model says; the quality tests need the shipped model to be
+about as good as its training record claims (tests/model/toy/quality.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jobs import label
 from pipeline import schema
 from pipeline.writer import LABELS_DIR, SHARDS_DIR
 from tests.http_server import TABLE_OPTIONS
-from tests.model.toy.quality import MODEL, QUALITY
+from tests.model.toy.quality import MODEL, floor
 from model.toy import files, scenes
 
 NET_FLAGS = ["--timeout", "5", "--retries", "1", "--allow-networks", ",".join(TABLE_OPTIONS.allow_networks)]
@@ -103,7 +103,6 @@ def test_ground_asks_every_phrase_of_every_row(grounds, served):
         assert {b["phrase"] for b in row[schema.BOXES]} <= set(json.loads(row[schema.TEXT]))
 
 
-@QUALITY
 def test_grounded_captions_land_on_the_shapes(grounded, served):
     _, truth = served
     found = {}
@@ -114,13 +113,13 @@ def test_grounded_captions_land_on_the_shapes(grounded, served):
             any(b["phrase"] == s.name and scenes.iou(box_of(b), s.box) >= 0.5 for b in boxes) for s in scene.shapes
         ]
     shapes = [h for per_image in found.values() for h in per_image]
-    assert sum(shapes) >= 0.85 * len(shapes), found
+    assert sum(shapes) >= floor("grounded") * len(shapes), found
+    # the stored-sideways and panorama files too: their pixels are where mistakes would show
     sideways = [h for name, per_image in found.items() if "exif" in name for h in per_image]
     lopsided = [h for name, per_image in found.items() if truth[name].scene.width / truth[name].scene.height > 2.5 for h in per_image]
-    assert sum(sideways) >= 0.75 * len(sideways) and sum(lopsided) >= 0.75 * len(lopsided), found
+    assert sum(sideways) >= floor("grounded") * len(sideways) and sum(lopsided) >= floor("grounded") * len(lopsided), found
 
 
-@QUALITY
 def test_ground_answers_land_on_the_named_shapes(grounds, served):
     _, truth = served
     right = total = 0
@@ -130,4 +129,4 @@ def test_ground_answers_land_on_the_named_shapes(grounds, served):
             total += 1
             b = boxes.get(f"the {shape.name}")
             right += b is not None and scenes.iou(box_of(b), shape.box) >= 0.5
-    assert right >= 0.85 * total, (right, total)
+    assert right >= floor("ground") * total, (right, total)
