@@ -18,7 +18,7 @@ import ray
 
 from pipeline import raycompat, schema, storage
 from pipeline.options import CorpusOptions
-from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, pack_shard, plan_inputs, read_shards, resolve_input_files, unpack_shards
+from pipeline.reader import ColumnMap, InputError, InputFile, Shard, UrlListDatasource, cut_shards, pack_shard, plan_inputs, read_shards, resolve_input_files, shards_by_file, unpack_shards
 from pipeline.stages import DedupIndex, FetchAndFilter
 from pipeline.writer import CORPUS_DIR, CorpusSink, OutputDir, ShardSink, SupersededRun, shard_name
 
@@ -218,10 +218,7 @@ def read_whole_shards(inputs: list[InputFile], options: CorpusOptions, shards: l
     task per block for it, in workers that then stay).
     """
     columns = ColumnMap(options.url_col, options.caption_col)
-    by_file: dict[int, list[Shard]] = {}
-    for shard in shards:
-        by_file.setdefault(shard.source, []).append(shard)
-    return ray.data.from_blocks([pack_shard(rows) for i, group in sorted(by_file.items()) for rows in read_shards(inputs[i], i, group, columns)])
+    return ray.data.from_blocks([pack_shard(rows) for i, group in shards_by_file(shards) for rows in read_shards(inputs[i], i, group, columns)])
 
 
 class IncompleteOutput(RuntimeError):

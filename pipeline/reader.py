@@ -265,14 +265,19 @@ class UrlListDatasource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
-        by_file: dict[int, list[Shard]] = {}
-        for shard in self.shards:
-            by_file.setdefault(shard.source, []).append(shard)
-        return [self._read_task(i, shards) for i, shards in sorted(by_file.items())]
+        return [self._read_task(i, shards) for i, shards in shards_by_file(self.shards)]
 
     def _read_task(self, file_index: int, shards: list[Shard]):
         columns, source = self.columns, self.inputs[file_index]
         return read_task(lambda: read_shards(source, file_index, shards, columns), (source.uri,))
+
+
+def shards_by_file(shards: list[Shard]) -> list[tuple[int, list[Shard]]]:
+    """(input file index, its shards), in file order."""
+    by_file: dict[int, list[Shard]] = {}
+    for shard in shards:
+        by_file.setdefault(shard.source, []).append(shard)
+    return sorted(by_file.items())
 
 
 PACKED_ROWS = "rows"  # a packed shard's rows: one Arrow IPC stream

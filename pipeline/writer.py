@@ -340,14 +340,22 @@ class ShardSink(Datasink):
     def commit(self, shard: int, rows: pa.Table) -> None:
         """Write the shard's files whole, then its stats file, which makes it visible as done."""
         name = shard_name(shard)
-        stats_path = self.out.shard_file(STATS_DIR, name, ".json")
-        if storage.exists(self.out.fs, stats_path):
-            return  # committed already (a retried write task): a finished shard is never rewritten
+        if not self._may_write(name):
+            return
+        self._write_stats(name, self.write_shard(name, _sorted_by_key(rows)))
+
+    def _may_write(self, name: str) -> bool:
+        """False when the shard is committed already (a retried task): a finished shard is never
+        rewritten. Raises SupersededRun when another run owns the output."""
+        if storage.exists(self.out.fs, self.out.shard_file(STATS_DIR, name, ".json")):
+            return False
         self._check_owner()
-        rows = _sorted_by_key(rows)
-        stats = self.write_shard(name, rows)
+        return True
+
+    def _write_stats(self, name: str, stats: dict) -> None:
+        """The shard's last file, which commits it; only while this run still owns the output."""
         self._check_owner()
-        self.out.write(stats_path, json.dumps(stats, indent=1).encode())
+        self.out.write(self.out.shard_file(STATS_DIR, name, ".json"), json.dumps(stats, indent=1).encode())
 
     def _check_owner(self) -> None:
         owner = self.out.owner()
@@ -372,10 +380,8 @@ class CorpusSink(ShardSink):
 
     def open_shard(self, shard: int) -> "CorpusShardWriter | None":
         """A writer that streams the shard's rows out as they come (None: committed already)."""
-        if storage.exists(self.out.fs, self.out.shard_file(STATS_DIR, shard_name(shard), ".json")):
-            return None
-        self._check_owner()
-        return CorpusShardWriter(self, shard_name(shard))
+        name = shard_name(shard)
+        return CorpusShardWriter(self, name) if self._may_write(name) else None
 
     def write_shard(self, name: str, rows: pa.Table) -> dict:
         writer = CorpusShardWriter(self, name)
@@ -452,9 +458,7 @@ class CorpusShardWriter:
 
     def commit(self) -> None:
         """finish(), then the stats file that makes the shard visible (see ShardSink.commit)."""
-        stats = self.finish()
-        self.sink._check_owner()
-        self.sink.out.write(self.sink.out.shard_file(STATS_DIR, self.name, ".json"), json.dumps(stats, indent=1).encode())
+        self.sink._write_stats(self.name, self.finish())
 
     def abort(self) -> None:
         """Drop the temporary tar, if it is still open (the shard is redone from its first row)."""
